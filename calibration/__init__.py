@@ -1,0 +1,1 @@
+"""Calibration: datasets, correctness scoring, conformal threshold fitting."""
