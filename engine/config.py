@@ -48,6 +48,53 @@ class SamplingConfig:
     seed: int = 0
 
 
+ANSWER_SOURCES = ("greedy", "largest_cluster")
+
+
+@dataclass(frozen=True)
+class SamplesConfig:
+    """Sampled answers for semantic entropy, drawn in the same vLLM call as the greedy answer.
+
+    Adaptive sampling: with ``initial`` < ``n``, draw ``initial`` samples first and stop
+    when they agree decisively — the largest cluster holds at least ``stop_share`` of them
+    and the greedy answer belongs to it — otherwise draw the remaining ``n - initial``.
+    ``initial: null`` always draws ``n``. ``max_n`` caps ``n`` (cost guard). ``answer``
+    picks the returned text: the greedy answer, or the first sample of the largest cluster.
+    """
+
+    n: int = 10
+    initial: int | None = None
+    stop_share: float = 1.0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int | None = None
+    equivalence: str = "normalized"
+    max_n: int = 32
+    answer: str = "greedy"
+
+
+def validate_samples(samples: SamplesConfig) -> None:
+    """Raise ``ValueError`` for an unusable sampling setup (n < 1, n over the cap, ...)."""
+    from .equivalence import get_equivalence
+
+    if samples.n < 1:
+        raise ValueError(f"n must be >= 1, got {samples.n}")
+    if samples.n > samples.max_n:
+        raise ValueError(f"n = {samples.n} is above the configured cap max_n = {samples.max_n}")
+    if samples.initial is not None and not 1 <= samples.initial <= samples.n:
+        raise ValueError(f"initial must be in [1, n = {samples.n}], got {samples.initial}")
+    if not 0 < samples.stop_share <= 1:
+        raise ValueError(f"stop_share must be in (0, 1], got {samples.stop_share}")
+    if samples.temperature <= 0:
+        raise ValueError(f"temperature must be > 0 for sampling, got {samples.temperature}")
+    if samples.answer not in ANSWER_SOURCES:
+        raise ValueError(f"answer must be one of {', '.join(ANSWER_SOURCES)}, got {samples.answer!r}")
+    try:
+        get_equivalence(samples.equivalence)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
+
+
 @dataclass(frozen=True)
 class TierConfig:
     """One tier. ``memory_fraction`` is the GPU memory share of this engine;
@@ -66,6 +113,7 @@ class TierConfig:
     enforce_eager: bool = False
     threshold: float | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    samples: SamplesConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +190,27 @@ def _parse_sampling(raw: Any, where: str, check: _Checker) -> SamplingConfig:
     return SamplingConfig(**out)
 
 
+def _parse_samples(raw: Any, where: str, check: _Checker) -> SamplesConfig:
+    raw = check.mapping(raw, where, _field_names(SamplesConfig))
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        at = f"{where}.{key}"
+        if key in ("n", "max_n"):
+            out[key] = check.typed(value, at, int)
+        elif key in ("initial", "max_tokens"):
+            out[key] = None if value is None else check.typed(value, at, int)
+        elif key in ("stop_share", "temperature", "top_p"):
+            out[key] = check.typed(value, at, float)
+        elif key in ("equivalence", "answer"):
+            out[key] = check.typed(value, at, str)
+    samples = SamplesConfig(**out)
+    try:
+        validate_samples(samples)
+    except ValueError as err:
+        raise check.fail(where, str(err)) from None
+    return samples
+
+
 def _parse_tier(raw: Any, where: str, check: _Checker, is_last: bool) -> TierConfig:
     raw = check.mapping(raw, where, _field_names(TierConfig))
     for required in ("name", "model"):
@@ -178,6 +247,8 @@ def _parse_tier(raw: Any, where: str, check: _Checker, is_last: bool) -> TierCon
                 raise check.fail(at, "must not be NaN")
         elif key == "sampling":
             out[key] = _parse_sampling(value, at, check)
+        elif key == "samples":
+            out[key] = None if value is None else _parse_samples(value, at, check)
     if not is_last and "threshold" not in out:
         raise check.fail(f"{where}.threshold", "required for every tier but the last")
     return TierConfig(**out)
@@ -210,6 +281,12 @@ def parse_config(data: Any, source: str = "<memory>") -> CascadeConfig:
     mode = data.get("engine_mode", "inprocess")
     if mode not in ENGINE_MODES:
         raise check.fail("engine_mode", f"expected one of {', '.join(ENGINE_MODES)}, got {mode!r}")
+    from .signals import SAMPLING_SIGNALS
+
+    if signal in SAMPLING_SIGNALS:
+        for i, tier in enumerate(tiers[:-1]):
+            if tier.samples is None:
+                raise check.fail(f"tiers[{i}].samples", f"signal {signal!r} needs sampled answers; add a samples block")
     return CascadeConfig(tiers=tiers, signal=signal, system_prompt=system_prompt, engine_mode=mode, source=source)
 
 

@@ -11,7 +11,9 @@ An empty answer (T = 0) has no evidence of confidence, so every signal returns
 
 Names in the registry: ``mean_logprob``, ``sum_logprob``, ``min_logprob``,
 ``quantile:<q>`` (q in [0, 1], e.g. ``quantile:0.1``), ``neg_topk_entropy``,
-``mean_margin``, ``min_margin``.
+``mean_margin``, ``min_margin``; and the semantic-entropy signals over sampled answers
+from ``engine.semantic``: ``discrete_se``, ``weighted_se``, ``num_clusters``,
+``greedy_agreement``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from .semantic import SEMANTIC_SIGNALS
 from .types import TierResult
 
 Signal = Callable[[TierResult], float]
@@ -115,7 +118,9 @@ SIGNALS: dict[str, Signal] = {
     "neg_topk_entropy": neg_topk_entropy,
     "mean_margin": mean_margin,
     "min_margin": min_margin,
+    **SEMANTIC_SIGNALS,
 }
+SAMPLING_SIGNALS = frozenset(SEMANTIC_SIGNALS)  # signals that need the tier to sample
 
 
 def signal_names() -> list[str]:

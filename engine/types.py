@@ -37,6 +37,21 @@ class Request:
 
 
 @dataclass
+class Sample:
+    """One sampled answer: ``token_logprobs`` has shape (T,), log p(chosen token)."""
+
+    text: str
+    token_ids: list[int]
+    token_logprobs: list[float]
+    cumulative_logprob: float
+
+    @property
+    def mean_logprob(self) -> float:
+        """Length-normalized sequence log-likelihood (0.0 for a zero-token sample)."""
+        return self.cumulative_logprob / len(self.token_ids) if self.token_ids else 0.0
+
+
+@dataclass
 class TierResult:
     """What one tier produced for one request (greedy answer).
 
@@ -45,6 +60,10 @@ class TierResult:
     i, most likely first (k = the tier's ``logprobs`` setting). Log-probabilities are the
     model's raw ones (before temperature / top-p). ``seconds`` is the wall time of the
     batch this request was generated in.
+
+    When the tier samples (semantic entropy), ``samples`` holds the N sampled answers,
+    ``clusters`` their cluster ids, shape (N,), and ``greedy_cluster`` the cluster the greedy
+    answer belongs to (``None`` when it matches no sample).
     """
 
     text: str
@@ -56,6 +75,9 @@ class TierResult:
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    samples: list[Sample] = field(default_factory=list)
+    clusters: list[int] = field(default_factory=list)
+    greedy_cluster: int | None = None
 
 
 @dataclass

@@ -21,8 +21,10 @@ import os
 import time
 from typing import Sequence
 
-from .config import CascadeConfig, TierConfig, resolve_model
-from .types import Request, TierResult
+from .config import CascadeConfig, TierConfig, resolve_model, validate_samples
+from .equivalence import get_equivalence
+from .sampling import assign_clusters, is_decisive, largest_cluster_text
+from .types import Request, Sample, TierResult
 
 _LIVE_ENGINES: list = []  # keeps every engine alive until exit (see module docstring)
 
@@ -63,6 +65,10 @@ class VLLMTier:
         self.name = config.name
         self.cost_per_token = config.cost_per_token
         self.system_prompt = system_prompt
+        self.samples = config.samples
+        if self.samples is not None:
+            validate_samples(self.samples)
+            self.equivalence = get_equivalence(self.samples.equivalence)
         kwargs = dict(
             model=model_path,
             dtype=config.dtype,
@@ -125,8 +131,24 @@ class VLLMTier:
             seed=s.seed if s.temperature > 0 else None,
         )
 
+    def _samples_params(self, greedy, count: int, round_index: int):
+        """``count`` sampled answers in one request; logprobs=0 keeps only the chosen token's
+        logprob, and no prompt_logprobs, so the prompt's prefix cache is reused."""
+        from vllm import SamplingParams
+
+        s = self.samples
+        return SamplingParams(
+            n=count,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=min(s.max_tokens or greedy.max_tokens, greedy.max_tokens),
+            logprobs=0,
+            seed=self.config.sampling.seed + 7919 * round_index,
+        )
+
     def generate(self, requests: Sequence[Request]) -> list[TierResult]:
-        """Generate one greedy (or configured) answer per request, as one vLLM batch."""
+        """One greedy (or configured) answer per request, plus sampled answers when the tier
+        samples; the whole batch goes to vLLM in one call per sampling round."""
         from vllm.inputs import TokensPrompt
 
         if not requests:
@@ -136,11 +158,43 @@ class VLLMTier:
             ids = self.render(request)
             prompts.append(TokensPrompt(prompt_token_ids=ids))
             params.append(self._sampling_params(request, len(ids)))
-        start = time.perf_counter()
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        seconds = time.perf_counter() - start
         k = self.config.sampling.logprobs
-        return [self._to_result(out, k, seconds) for out in outputs]
+        start = time.perf_counter()
+        if self.samples is None:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            seconds = time.perf_counter() - start
+            return [self._to_result(out, k, seconds) for out in outputs]
+        s = self.samples
+        first = s.initial or s.n
+        outputs = self.llm.generate(
+            prompts + prompts, params + [self._samples_params(p, first, 0) for p in params], use_tqdm=False
+        )
+        results = [self._to_result(out, k, 0.0) for out in outputs[: len(prompts)]]
+        for result, out in zip(results, outputs[len(prompts) :]):
+            result.samples = [self._to_sample(c) for c in out.outputs]
+        assign_clusters(results, self.equivalence)
+        if first < s.n:
+            undecided = [i for i, r in enumerate(results) if not is_decisive(r, s.stop_share)]
+            if undecided:
+                more = self.llm.generate([prompts[i] for i in undecided],
+                                         [self._samples_params(params[i], s.n - first, 1) for i in undecided],
+                                         use_tqdm=False)
+                for i, out in zip(undecided, more):
+                    results[i].samples += [self._to_sample(c) for c in out.outputs]
+                assign_clusters([results[i] for i in undecided], self.equivalence)
+        seconds = time.perf_counter() - start
+        for result in results:
+            result.seconds = seconds
+            if s.answer == "largest_cluster":
+                result.text = largest_cluster_text(result)
+        return results
+
+    @staticmethod
+    def _to_sample(completion) -> Sample:
+        token_ids = list(completion.token_ids)
+        positions = completion.logprobs or []
+        token_logprobs = [float(pos[tid].logprob) for pos, tid in zip(positions, token_ids)]
+        return Sample(completion.text, token_ids, token_logprobs, float(sum(token_logprobs)))
 
     @staticmethod
     def _to_result(out, k: int, seconds: float) -> TierResult:

@@ -84,3 +84,16 @@ def default_cascade():
     from engine.vllm_tier import build_cascade
 
     return build_cascade(load_config(), warmup_batch=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_sampling_tier(tiny_models):
+    """A tiny-model tier that draws up to 6 samples adaptively (2 first) at temperature 1."""
+    from dataclasses import replace
+
+    from engine.config import SamplesConfig
+    from engine.vllm_tier import VLLMTier
+
+    config = replace(tiny_tier_config("tiny-sampler", tiny_models["tiny-a"]),
+                     samples=SamplesConfig(n=6, initial=2, temperature=1.0, max_tokens=6))
+    return VLLMTier(config, str(tiny_models["tiny-a"]), warmup_batch=2)
