@@ -16,12 +16,13 @@ deleting one in-process engine breaks the others.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import os
 import time
 from typing import Sequence
 
-from .config import CascadeConfig, TierConfig, resolve_model, validate_samples
+from .config import CascadeConfig, SamplesConfig, TierConfig, resolve_model, validate_samples
 from .equivalence import get_equivalence
 from .sampling import assign_clusters, is_decisive, largest_cluster_text
 from .types import Request, Sample, TierResult
@@ -90,6 +91,15 @@ class VLLMTier:
         self.tokenizer = self.llm.get_tokenizer()
         if warmup_batch:
             self.warm_up(warmup_batch)
+
+    def with_samples(self, samples: SamplesConfig | None) -> "VLLMTier":
+        """The same engine with other sampling settings (e.g. fixed-n vs adaptive in one run)."""
+        twin = copy.copy(self)
+        twin.samples = samples
+        if samples is not None:
+            validate_samples(samples)
+            twin.equivalence = get_equivalence(samples.equivalence)
+        return twin
 
     def warm_up(self, batch: int) -> None:
         """Pay the one-off logprob compile and the first-batch cost before real traffic."""
