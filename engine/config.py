@@ -20,7 +20,7 @@ Every validation error is a ``ConfigError`` naming the file and the field.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -122,11 +122,20 @@ class CascadeConfig:
     signal: str = "mean_logprob"
     system_prompt: str | None = None
     engine_mode: str = "inprocess"
+    artifact: str | None = None
     source: str = "<memory>"
 
     @property
     def thresholds(self) -> tuple[float, ...]:
+        """Per non-final tier, from the config (empty entries when an artifact supplies them)."""
         return tuple(t.threshold for t in self.tiers[:-1])  # type: ignore[misc]
+
+    def with_artifact(self, path: str | None) -> "CascadeConfig":
+        """This config with its thresholds taken from ``path`` (``None``: unchanged)."""
+        if path is None:
+            return self
+        tiers = tuple(replace(t, threshold=None) for t in self.tiers)
+        return replace(self, tiers=tiers, artifact=path)
 
 
 ENGINE_MODES = ("inprocess", "multiprocess")
@@ -211,7 +220,7 @@ def _parse_samples(raw: Any, where: str, check: _Checker) -> SamplesConfig:
     return samples
 
 
-def _parse_tier(raw: Any, where: str, check: _Checker, is_last: bool) -> TierConfig:
+def _parse_tier(raw: Any, where: str, check: _Checker, is_last: bool, needs_threshold: bool) -> TierConfig:
     raw = check.mapping(raw, where, _field_names(TierConfig))
     for required in ("name", "model"):
         if required not in raw:
@@ -249,8 +258,10 @@ def _parse_tier(raw: Any, where: str, check: _Checker, is_last: bool) -> TierCon
             out[key] = _parse_sampling(value, at, check)
         elif key == "samples":
             out[key] = None if value is None else _parse_samples(value, at, check)
-    if not is_last and "threshold" not in out:
-        raise check.fail(f"{where}.threshold", "required for every tier but the last")
+    if needs_threshold and not is_last and "threshold" not in out:
+        raise check.fail(f"{where}.threshold", "required for every tier but the last (or set 'artifact')")
+    if not needs_threshold and "threshold" in out:
+        raise check.fail(f"{where}.threshold", "thresholds come from the artifact; remove it or the artifact")
     return TierConfig(**out)
 
 
@@ -264,8 +275,14 @@ def parse_config(data: Any, source: str = "<memory>") -> CascadeConfig:
     tiers_raw = data["tiers"]
     if not isinstance(tiers_raw, list) or not tiers_raw:
         raise check.fail("tiers", "expected a non-empty list of tiers")
+    artifact = data.get("artifact")
+    if artifact is not None:
+        check.typed(artifact, "artifact", str)
+        if not source.startswith("<") and not Path(artifact).is_absolute():
+            artifact = str(Path(source).parent / artifact)  # relative to the config file
     tiers = tuple(
-        _parse_tier(t, f"tiers[{i}]", check, is_last=i == len(tiers_raw) - 1) for i, t in enumerate(tiers_raw)
+        _parse_tier(t, f"tiers[{i}]", check, is_last=i == len(tiers_raw) - 1, needs_threshold=artifact is None)
+        for i, t in enumerate(tiers_raw)
     )
     names = [t.name for t in tiers]
     if len(set(names)) != len(names):
@@ -287,7 +304,8 @@ def parse_config(data: Any, source: str = "<memory>") -> CascadeConfig:
         for i, tier in enumerate(tiers[:-1]):
             if tier.samples is None:
                 raise check.fail(f"tiers[{i}].samples", f"signal {signal!r} needs sampled answers; add a samples block")
-    return CascadeConfig(tiers=tiers, signal=signal, system_prompt=system_prompt, engine_mode=mode, source=source)
+    return CascadeConfig(tiers=tiers, signal=signal, system_prompt=system_prompt, engine_mode=mode,
+                         artifact=artifact, source=source)
 
 
 def load_config(path: str | Path | None = None) -> CascadeConfig:

@@ -20,6 +20,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from .answers import choice_letter, normalize, parse_number
+from .types import UnknownNameError
 
 
 class Equivalence(Protocol):
@@ -126,7 +127,7 @@ def equivalence_names() -> list[str]:
 
 
 def get_equivalence(name: str) -> Equivalence:
-    """Look up an equivalence by registry name; raises ``KeyError`` naming the known ones."""
+    """Look up an equivalence by registry name; raises ``UnknownNameError`` naming the known ones."""
     simple = {"normalized": NormalizedMatch, "numeric": NumericMatch, "choice": ChoiceMatch}
     if name in simple:
         return simple[name]()
@@ -136,8 +137,8 @@ def get_equivalence(name: str) -> Equivalence:
         try:
             return EmbeddingSimilarity(float(name.split(":", 1)[1]))
         except ValueError as err:
-            raise KeyError(f"bad embedding equivalence {name!r}: {err}") from None
-    raise KeyError(f"unknown equivalence {name!r}; known: {', '.join(equivalence_names())}")
+            raise UnknownNameError(f"bad embedding equivalence {name!r}: {err}") from None
+    raise UnknownNameError(f"unknown equivalence {name!r}; known: {', '.join(equivalence_names())}")
 
 
 def cluster(keys: Sequence[Any], equivalence: Equivalence) -> list[int]:

@@ -24,9 +24,10 @@ from typing import Callable
 import numpy as np
 
 from .semantic import SEMANTIC_SIGNALS
-from .types import TierResult
+from .types import TierResult, UnknownNameError
 
 Signal = Callable[[TierResult], float]
+
 EMPTY_SCORE = -math.inf
 
 
@@ -130,7 +131,7 @@ def signal_names() -> list[str]:
 def get_signal(name: str) -> Signal:
     """Look up a signal by registry name; ``quantile:<q>`` is parameterized.
 
-    Raises ``KeyError`` naming the known signals for an unknown name.
+    Raises ``UnknownNameError`` (a KeyError) naming the known signals for an unknown name.
     """
     if name in SIGNALS:
         return SIGNALS[name]
@@ -138,9 +139,9 @@ def get_signal(name: str) -> Signal:
         try:
             q = float(name.split(":", 1)[1])
         except ValueError:
-            raise KeyError(f"bad quantile signal {name!r}: expected quantile:<number in [0,1]>") from None
+            raise UnknownNameError(f"bad quantile signal {name!r}: expected quantile:<number in [0,1]>") from None
         try:
             return quantile_logprob(q)
         except ValueError as err:
-            raise KeyError(f"bad quantile signal {name!r}: {err}") from None
-    raise KeyError(f"unknown signal {name!r}; known: {', '.join(signal_names())}")
+            raise UnknownNameError(f"bad quantile signal {name!r}: {err}") from None
+    raise UnknownNameError(f"unknown signal {name!r}; known: {', '.join(signal_names())}")

@@ -6,6 +6,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
+class UnknownNameError(KeyError, ValueError):
+    """An unknown registry name (signal, equivalence); a ValueError for the CLI's error path."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass(frozen=True)
 class Request:
     """One generation request.

@@ -138,12 +138,15 @@ class VLLMTier:
             temperature=s.temperature,
             top_p=s.top_p,
             logprobs=s.logprobs,
-            seed=s.seed if s.temperature > 0 else None,
         )
 
-    def _samples_params(self, greedy, count: int, round_index: int):
+    def _samples_params(self, greedy, count: int):
         """``count`` sampled answers in one request; logprobs=0 keeps only the chosen token's
-        logprob, and no prompt_logprobs, so the prompt's prefix cache is reused."""
+        logprob, and no prompt_logprobs, so the prompt's prefix cache is reused.
+
+        No per-request seed: on CPU, vLLM 0.32 fails on seeded requests whose prefill is
+        chunked ("CPU Generator does not use offset"); randomness comes from the engine's
+        seed (``sampling.seed``), so a run is reproducible for the same request order."""
         from vllm import SamplingParams
 
         s = self.samples
@@ -153,7 +156,6 @@ class VLLMTier:
             top_p=s.top_p,
             max_tokens=min(s.max_tokens or greedy.max_tokens, greedy.max_tokens),
             logprobs=0,
-            seed=self.config.sampling.seed + 7919 * round_index,
         )
 
     def generate(self, requests: Sequence[Request]) -> list[TierResult]:
@@ -177,7 +179,7 @@ class VLLMTier:
         s = self.samples
         first = s.initial or s.n
         outputs = self.llm.generate(
-            prompts + prompts, params + [self._samples_params(p, first, 0) for p in params], use_tqdm=False
+            prompts + prompts, params + [self._samples_params(p, first) for p in params], use_tqdm=False
         )
         results = [self._to_result(out, k, 0.0) for out in outputs[: len(prompts)]]
         for result, out in zip(results, outputs[len(prompts) :]):
@@ -187,7 +189,7 @@ class VLLMTier:
             undecided = [i for i, r in enumerate(results) if not is_decisive(r, s.stop_share)]
             if undecided:
                 more = self.llm.generate([prompts[i] for i in undecided],
-                                         [self._samples_params(params[i], s.n - first, 1) for i in undecided],
+                                         [self._samples_params(params[i], s.n - first) for i in undecided],
                                          use_tqdm=False)
                 for i, out in zip(undecided, more):
                     results[i].samples += [self._to_sample(c) for c in out.outputs]
@@ -247,11 +249,25 @@ def build_tiers(config: CascadeConfig, only: str | None = None, warmup_batch: in
     ]
 
 
-def build_cascade(config: CascadeConfig, only: str | None = None, warmup_batch: int = 8):
-    """The configured ``Cascade`` over real engines; ``only`` runs one tier alone."""
+def build_policy(config: CascadeConfig, force_artifact: bool = False):
+    """The deferral policy: from the calibration artifact when the config names one
+    (checked against the config's models), else from the config's thresholds."""
+    from .artifact import load_artifact_policy
+    from .policy import Policy
+
+    if config.artifact:
+        return load_artifact_policy(config.artifact, config, force=force_artifact)
+    return Policy(config.signal, config.thresholds)
+
+
+def build_cascade(config: CascadeConfig, only: str | None = None, warmup_batch: int = 8, force_artifact: bool = False):
+    """The configured ``Cascade`` over real engines; ``only`` runs one tier alone.
+
+    The policy is resolved (artifact read and matched) before any engine starts.
+    """
     from .cascade import Cascade
     from .policy import Policy
 
+    policy = Policy(config.signal, ()) if only else build_policy(config, force_artifact)
     tiers = build_tiers(config, only=only, warmup_batch=warmup_batch)
-    thresholds = config.thresholds if only is None else ()
-    return Cascade(tiers, Policy(config.signal, thresholds))
+    return Cascade(tiers, policy)

