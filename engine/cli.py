@@ -100,6 +100,9 @@ def demo_questions() -> list[dict]:
 def cmd_demo(args) -> int:
     items = demo_questions()
     cascade = _build(args)
+    artifact = load_config(args.config).with_artifact(args.artifact).artifact
+    source = f"artifact {artifact}" if artifact else "the config's hand-set thresholds (no guarantee)"
+    print(f"policy: {cascade.policy.signal_name} >= {list(cascade.policy.thresholds)} from {source}\n")
     answers = cascade.run([Request(prompt=q["prompt"], id=q["id"]) for q in items])
     print(answers_table([q["prompt"] for q in items], answers, [q["answer"] for q in items]))
     print()

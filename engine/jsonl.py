@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from .types import Request
 
 
 class InputFileError(ValueError):
     """A malformed input file; the message names the file and line."""
+
+
+T = TypeVar("T")
 
 
 def parse_request(obj: object, where: str, default_id: str) -> Request:
@@ -42,16 +46,18 @@ def parse_request(obj: object, where: str, default_id: str) -> Request:
         raise InputFileError(f"{where}: {err}") from None
 
 
-def read_requests(path: str | Path) -> list[Request]:
-    """All requests of a JSONL file, in file order. Blank lines are skipped.
+def read_records(path: str | Path, parse: Callable[[object, str, str], T], error: type[ValueError] = InputFileError,
+                 what: str = "requests") -> list[T]:
+    """Parse every non-blank line of a JSONL file with ``parse(obj, "file:line", default_id)``.
 
-    Raises ``InputFileError`` for a missing or empty file, a line that is not JSON, a line
-    without a prompt, or duplicate ids.
+    Raises ``error`` naming the file (and line) for a missing or empty file, a line that
+    is not JSON, and duplicate ids (records need an ``id`` attribute); ``parse`` raises
+    ``error`` itself for a bad record.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputFileError(f"{path}: input file not found")
-    requests, seen = [], set()
+        raise error(f"{path}: file not found")
+    records, seen = [], set()
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
             if not line.strip():
@@ -60,15 +66,20 @@ def read_requests(path: str | Path) -> list[Request]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise InputFileError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
-            request = parse_request(obj, where, default_id=str(number))
-            if request.id in seen:
-                raise InputFileError(f"{where}: duplicate id {request.id!r}")
-            seen.add(request.id)
-            requests.append(request)
-    if not requests:
-        raise InputFileError(f"{path}: no requests (the file is empty)")
-    return requests
+                raise error(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+            record = parse(obj, where, str(number))
+            if record.id in seen:
+                raise error(f"{where}: duplicate id {record.id!r}")
+            seen.add(record.id)
+            records.append(record)
+    if not records:
+        raise error(f"{path}: no {what} (the file is empty)")
+    return records
+
+
+def read_requests(path: str | Path) -> list[Request]:
+    """All requests of a JSONL file, in file order (format in the module docstring)."""
+    return read_records(path, parse_request)
 
 
 def done_ids(path: str | Path) -> set[str]:

@@ -55,7 +55,7 @@ def test_empty_file(tmp_path, text):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(InputFileError, match="not found"):
+    with pytest.raises(InputFileError, match="file not found"):
         read_requests(tmp_path / "nope.jsonl")
 
 
