@@ -41,8 +41,8 @@ demo: setup
 # Calibrate the default cascade on 2000 TriviaQA items (quality loss <= 5 % vs always-1.5B),
 # then evaluate on the held-out rest. Generations are cached: a rerun resumes.
 calibrate: setup
-	$(VCASCADE) calibrate --dataset trivia_qa --n 2000 --target quality-loss --alpha 0.05 --out $(ARTIFACT)
-	$(VCASCADE) evaluate --artifact $(ARTIFACT) --split test --json $(ARTIFACT:.json=-test.json)
+	$(VCASCADE) calibrate --dataset trivia_qa --n 2000 --target quality-loss --alpha 0.05 --batch-size 128 --out $(ARTIFACT)
+	$(VCASCADE) evaluate --artifact $(ARTIFACT) --split test --batch-size 128 --json $(ARTIFACT:.json=-test.json)
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
