@@ -13,7 +13,7 @@ from engine.artifact import SCHEMA_VERSION, mismatch, read_artifact, tier_identi
 from engine.config import ConfigError, load_config
 from engine.signals import SAMPLING_SIGNALS, SIGNALS, get_signal
 
-from .conformal import P_VALUES, TARGETS, _check_level, fit_thresholds
+from .conformal import P_VALUES, TARGETS, check_level, fit_thresholds
 from .datasets import load_dataset, split
 from .evaluation import evaluate_thresholds, format_evaluation
 from .job import calibration_data, collect, dataset_fingerprint
@@ -33,9 +33,9 @@ def _write_json(path: Path, data: dict) -> None:
 def cmd_calibrate(args) -> int:
     if args.target not in TARGETS:
         raise ValueError(f"unknown target {args.target!r}; known: {', '.join(TARGETS)}")
-    _check_level("alpha", args.alpha)
+    check_level("alpha", args.alpha)
     if args.delta is not None or args.target == "selective-error":
-        _check_level("delta", args.delta)
+        check_level("delta", args.delta)
     config = load_config(args.config)
     signal = args.signal or config.signal
     get_signal(signal)

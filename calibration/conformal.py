@@ -194,7 +194,7 @@ class Fit:
         return asdict(self)
 
 
-def _check_level(name: str, value: float | None) -> None:
+def check_level(name: str, value: float | None) -> None:
     if value is None or not (0.0 < value < 1.0):
         raise ValueError(f"{name} must be in (0, 1), got {value}")
 
@@ -344,12 +344,10 @@ def fit_thresholds(
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
-    _check_level("alpha", alpha)
+    check_level("alpha", alpha)
     use_crc = data.tiers == 2 and target != "selective-error"
-    if not use_crc:
-        _check_level("delta", delta)
-    elif delta is not None:
-        _check_level("delta", delta)
+    if not use_crc or delta is not None:  # δ is needed by Learn-then-Test, optional otherwise
+        check_level("delta", delta)
     if data.n == 0:
         raise ValueError("no calibration items")
     infeasible = np.full(data.tiers - 1, math.inf)

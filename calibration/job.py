@@ -69,12 +69,14 @@ def to_request(item: Item) -> Request:
     return Request(prompt=item.prompt, id=item.id)
 
 
-def generate_missing(tier, items: Sequence[Item], path: Path, batch_size: int = 64, progress: bool = True) -> dict:
-    """Records for ``items`` from ``tier``: cached ones are read, the rest generated in
-    batches and appended to ``path`` batch by batch (so an interrupt loses one batch)."""
+def generate_missing(tier, items: Sequence[Item], path: Path, batch_size: int = 64, progress: bool = True,
+                     records: dict | None = None) -> dict:
+    """Records for ``items`` from ``tier``: cached ones (``records``, read from ``path`` when
+    not given) are kept, the rest generated in batches and appended to ``path`` batch by
+    batch (so an interrupt loses one batch)."""
     from tqdm import tqdm
 
-    records = read_cache(path)
+    records = read_cache(path) if records is None else records
     todo = [item for item in items if item.id not in records]
     if todo:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +117,7 @@ def collect(config: CascadeConfig, dataset: str, items: Sequence[Item], batch_si
             tier = build_tiers(config, only=tier_config.name)[0]
         else:
             tier = tiers[index]
-        out.append(generate_missing(tier, items, path, batch_size, progress))
+        out.append(generate_missing(tier, items, path, batch_size, progress, records=cached))
     return out
 
 
