@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.datasets import load_dataset
-from calibration.metrics import auroc
-from calibration.scoring import is_correct
-from engine.config import SamplesConfig, load_config
-from engine.equivalence import get_equivalence
-from engine.sampling import assign_clusters
-from engine.signals import SAMPLING_SIGNALS, SIGNALS, get_signal
-from engine.types import Request
-from engine.vllm_tier import build_tiers
+from vcascade.calibration.datasets import load_dataset
+from vcascade.calibration.metrics import auroc
+from vcascade.calibration.scoring import is_correct
+from vcascade.engine.config import SamplesConfig, load_config
+from vcascade.engine.uncertainty.equivalence import get_equivalence
+from vcascade.engine.uncertainty.sampling import assign_clusters
+from vcascade.engine.uncertainty.signals import SAMPLING_SIGNALS, SIGNALS, get_signal
+from vcascade.engine.types import Request
+from vcascade.engine.tiers.vllm_tier import build_tiers
 
 LOGPROB_SIGNALS = [name for name in SIGNALS if name not in SAMPLING_SIGNALS] + ["quantile:0.1", "quantile:0.25"]
 SE_SIGNALS = sorted(SAMPLING_SIGNALS)

@@ -18,9 +18,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from calibration.datasets import load_dataset
-from calibration.scoring import is_correct
-from engine.config import load_config
+from vcascade.calibration.datasets import load_dataset
+from vcascade.calibration.scoring import is_correct
+from vcascade.engine.config import load_config
 
 DATASETS = ("trivia_qa", "arc_easy", "boolq", "sciq")
 

@@ -1,1 +1,2 @@
-"""Calibration: datasets, correctness scoring, conformal threshold fitting."""
+"""vcascade calibration: labelled datasets and correctness scoring, conformal threshold
+fitting, learned deferral rules, the calibration job and its reports."""

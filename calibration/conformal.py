@@ -1,51 +1,64 @@
 """Conformal calibration of deferral thresholds (numpy/scipy only; never imports vLLM).
 
-Setting. A cascade of K tiers; tier k < K-1 keeps its answer when its confidence score
-is ``>= thresholds[k]``, the last tier always answers. On n labelled calibration items:
+Setting. A cascade of K tiers; tier k < K-1 keeps its answer when its score is
+``>= thresholds[k]``, the last tier always answers. Optionally a pre-generation skip score
+sends an item straight to tier 1 when it is ``< skip_threshold`` (tier 0 is then not paid).
+On n labelled calibration items:
 
-* ``scores``  shape (n, K-1): confidence of every non-final tier on every item
-* ``correct`` shape (n, K):   is tier k's answer to item i correct
-* ``costs``   shape (n, K):   cost of running tier k on item i (tokens x cost per token)
+* ``scores``       shape (n, K-1): score of every non-final tier's answer on every item
+* ``correct``      shape (n, K):   is tier k's answer to item i correct
+* ``costs``        shape (n, K):   cost of running tier k on item i
+* ``skip_scores``  shape (n,) or None: the pre-generation score of every item
 
-Targets (losses are 0/1 per item, for thresholds λ):
+Targets (losses are 0/1 per item):
 
 * ``accept-error``    L_i = 1{answered by a non-final tier and wrong}; bound P(L=1) <= α
 * ``quality-loss``    L_i = 1{cascade wrong and last tier right}; bound P(L=1) <= α, i.e.
                       "lose at most α accuracy versus always calling the largest model"
 * ``selective-error`` P(wrong | answered by a non-final tier) <= α
 
-Methods:
+Guarantees and methods:
 
-* Two tiers, ``accept-error`` / ``quality-loss``: conformal risk control (Angelopoulos,
-  Bates, Fisch, Lei, Schuster, "Conformal Risk Control", 2022). Both losses are
-  non-increasing in λ (a stricter threshold only moves items to the last tier, where
-  they cost nothing), so λ̂ = inf{λ : (n R̂_n(λ) + 1) / (n + 1) <= α} gives
-  E[L_{n+1}(λ̂)] <= α over calibration and test draws (marginal guarantee).
-* ``selective-error`` and any target with three or more tiers: Learn-then-Test
-  (Angelopoulos, Bates, Candès, Jordan, Lei, 2021). Each candidate configuration λ is a
-  null hypothesis H_λ: R(λ) > α with a p-value (binomial tail, exact for 0/1 losses, or
-  Hoeffding–Bentkus); fixed-sequence testing at level δ controls the family-wise error,
-  so with probability >= 1 - δ every configuration that passes has R(λ) <= α. The grid
-  and the testing order are picked on a random ``grid_fraction`` of the calibration set
-  (candidate thresholds = score quantiles there, order = ascending p-value there) and the
-  tests run on the rest, so the order is independent of the data it is tested on. For
-  ``selective-error`` the p-value conditions on the m items a configuration accepts
-  (k wrong of m ~ Binomial(m, R(λ)) given m).
-  Among the configurations that pass, the one with the lowest mean cost is chosen.
+* **High-probability** (the default, δ = 0.1): with probability >= 1 − δ over the draw of
+  the calibration set, the deployed risk is <= α.
+  - Two tiers, ``accept-error`` / ``quality-loss``: fixed-sequence testing along the
+    threshold path. Both losses are non-increasing in λ (a stricter threshold only moves
+    items to the last tier), so testing H_λ: R(λ) > α from the strictest λ down, with the
+    exact binomial p-value P(Bin(n, α) <= k(λ)), and stopping at the first failure, controls
+    the family-wise error at δ (Learn-then-Test, Angelopoulos, Bates, Candès, Jordan, Lei
+    2021, fixed-sequence procedure; equivalently the binomial upper-confidence-bound rule
+    of RCPS, Bates et al. 2021). No data is spent on ordering: the order is λ itself.
+  - Everything else (``selective-error``, three or more tiers, a skip rule): Learn-then-Test
+    over a grid of threshold vectors. The grid (score quantiles) and the testing order
+    (ascending p-value) are picked on a random ``grid_fraction`` of the calibration set and
+    the tests run on the rest. For ``selective-error`` the p-value conditions on the m items
+    a configuration accepts (k wrong of m ~ Binomial(m, R) given m).
+* **Marginal** (``delta=None``; two tiers, ``accept-error`` / ``quality-loss``): conformal
+  risk control (Angelopoulos, Bates, Fisch, Lei, Schuster 2022): λ̂ = inf{λ : (n R̂_n(λ) +
+  1)/(n + 1) <= α} gives E[R(λ̂)] <= α on average over calibration draws. A single draw
+  exceeds α about half the time; ``realized_risk_spread`` estimates how far by resampling.
 
-An infeasible target (no configuration passes) is reported as such, with thresholds
-+inf: the policy then always escalates to the last tier. It is never silently weakened.
+Among certified configurations the cheapest (mean cost on all calibration items) is
+chosen. An infeasible target (nothing certified) is reported, with thresholds +inf: the
+policy then always escalates. It is never silently weakened.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+
 import numpy as np
 from scipy import stats
 
 TARGETS = ("accept-error", "quality-loss", "selective-error")
 P_VALUES = ("binomial", "hoeffding-bentkus")
+DEFAULT_DELTA = 0.1
+TARGET_WORDS = {
+    "accept-error": "P(answered by a smaller tier and wrong)",
+    "quality-loss": "quality loss (cascade wrong where the largest tier is right)",
+    "selective-error": "P(wrong | answered by a smaller tier)",
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,7 @@ class CalibrationData:
     scores: np.ndarray
     correct: np.ndarray
     costs: np.ndarray
+    skip_scores: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         scores = np.asarray(self.scores, dtype=np.float64)
@@ -71,9 +85,15 @@ class CalibrationData:
             raise ValueError(f"costs must have shape {correct.shape}, got {costs.shape}")
         if np.isnan(scores).any():
             raise ValueError("scores must not be NaN")
+        skip = None
+        if self.skip_scores is not None:
+            skip = np.asarray(self.skip_scores, dtype=np.float64)
+            if skip.shape != (n,) or np.isnan(skip).any():
+                raise ValueError(f"skip_scores must have shape ({n},) without NaN")
         object.__setattr__(self, "scores", scores)
         object.__setattr__(self, "correct", correct)
         object.__setattr__(self, "costs", costs)
+        object.__setattr__(self, "skip_scores", skip)
 
     @property
     def n(self) -> int:
@@ -83,28 +103,53 @@ class CalibrationData:
     def tiers(self) -> int:
         return self.correct.shape[1]
 
+    @property
+    def dims(self) -> int:
+        """Length of a configuration vector: K-1 thresholds (+1 skip threshold)."""
+        return self.tiers - 1 + (self.skip_scores is not None)
+
     def subset(self, index: np.ndarray) -> "CalibrationData":
-        return CalibrationData(self.scores[index], self.correct[index], self.costs[index])
+        skip = None if self.skip_scores is None else self.skip_scores[index]
+        return CalibrationData(self.scores[index], self.correct[index], self.costs[index], skip)
+
+    def without_skip(self) -> "CalibrationData":
+        return CalibrationData(self.scores, self.correct, self.costs)
 
 
-def answering_tier(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Index of the tier that answers each item, shape (n,): the first k with
-    ``scores[:, k] >= thresholds[k]``, else the last tier (K-1)."""
-    accepted = scores >= np.asarray(thresholds, dtype=np.float64)[None, :]
-    first = np.argmax(accepted, axis=1)
-    return np.where(accepted.any(axis=1), first, scores.shape[1])
+def _split(data: CalibrationData, config) -> tuple[np.ndarray, float | None]:
+    config = np.asarray(config, dtype=np.float64).reshape(-1)
+    if config.size != data.dims:
+        raise ValueError(f"a configuration for this data has {data.dims} entries, got {config.size}")
+    if data.skip_scores is None:
+        return config, None
+    return config[:-1], float(config[-1])
 
 
-def item_losses(data: CalibrationData, thresholds, target: str) -> tuple[np.ndarray, np.ndarray]:
+def routing(data: CalibrationData, config) -> tuple[np.ndarray, np.ndarray]:
+    """(answering tier, skipped), shapes (n,): the first visited tier k with
+    ``scores[:, k] >= thresholds[k]`` else the last; ``skipped`` items never visit tier 0."""
+    thresholds, skip_threshold = _split(data, config)
+    accepted = data.scores >= thresholds[None, :]
+    skipped = np.zeros(data.n, dtype=bool) if skip_threshold is None else data.skip_scores < skip_threshold
+    accepted[:, 0] &= ~skipped
+    tier = np.where(accepted.any(axis=1), np.argmax(accepted, axis=1), data.tiers - 1)
+    return tier, skipped
+
+
+def answering_tier(data: CalibrationData, config) -> np.ndarray:
+    """Index of the tier that answers each item, shape (n,)."""
+    return routing(data, config)[0]
+
+
+def item_losses(data: CalibrationData, config, target: str) -> tuple[np.ndarray, np.ndarray]:
     """(losses, at_risk), both shape (n,) bool.
 
     ``losses`` marks the items that count against the target; ``at_risk`` marks the items
     the risk is averaged over: all items, except for ``selective-error`` where it is the
     items answered by a non-final tier (the conditional risk's denominator).
     """
-    tier = answering_tier(data.scores, thresholds)
-    rows = np.arange(data.n)
-    wrong = ~data.correct[rows, tier]
+    tier = answering_tier(data, config)
+    wrong = ~data.correct[np.arange(data.n), tier]
     early = tier < data.tiers - 1
     if target == "accept-error":
         return early & wrong, np.ones(data.n, dtype=bool)
@@ -115,14 +160,25 @@ def item_losses(data: CalibrationData, thresholds, target: str) -> tuple[np.ndar
     raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
 
 
-def expected_cost(data: CalibrationData, thresholds) -> float:
-    """Mean cost per item of the cascade: every tier up to the answering one is paid."""
-    tier = answering_tier(data.scores, thresholds)
-    paid = np.arange(data.tiers)[None, :] <= tier[:, None]
-    return float((data.costs * paid).sum(axis=1).mean())
+def risk(data: CalibrationData, config, target: str) -> float:
+    losses, at_risk = item_losses(data, config, target)
+    return float(losses.sum() / at_risk.sum()) if at_risk.any() else 0.0
 
 
-# ---------------------------------------------------------------- p-values (LTT)
+def paid(data: CalibrationData, config) -> np.ndarray:
+    """Which tiers each item pays for, shape (n, K): every visited tier up to the answering one."""
+    tier, skipped = routing(data, config)
+    mask = np.arange(data.tiers)[None, :] <= tier[:, None]
+    mask[:, 0] &= ~skipped
+    return mask
+
+
+def expected_cost(data: CalibrationData, config) -> float:
+    """Mean cost per item of the cascade."""
+    return float((data.costs * paid(data, config)).sum(axis=1).mean())
+
+
+# ---------------------------------------------------------------- p-values
 
 
 def binomial_p_value(wrong: int, m: int, alpha: float) -> float:
@@ -156,6 +212,13 @@ def p_value(kind: str, wrong: int, m: int, alpha: float) -> float:
     raise ValueError(f"unknown p-value {kind!r}; known: {', '.join(P_VALUES)}")
 
 
+def p_values(kind: str, wrong: np.ndarray, m: np.ndarray, alpha: float) -> np.ndarray:
+    """Vectorized ``p_value`` over configurations, shape (G,)."""
+    if kind == "binomial":
+        return np.where(m > 0, stats.binom.cdf(wrong, np.maximum(m, 1), alpha), 1.0)
+    return np.array([p_value(kind, int(w), int(k), alpha) for w, k in zip(wrong, m)])
+
+
 def binomial_upper_bound(wrong: int, m: int, delta: float) -> float:
     """Clopper–Pearson upper confidence bound at level 1 - δ for a binomial rate (1 if m = 0)."""
     if m == 0 or wrong >= m:
@@ -168,13 +231,13 @@ def binomial_upper_bound(wrong: int, m: int, delta: float) -> float:
 
 @dataclass
 class Fit:
-    """The fitted thresholds and what the calibration data says about them.
+    """The fitted policy thresholds and what the calibration data says about them.
 
-    ``risk_bound`` is the finite-sample bound the method certifies: the CRC-corrected risk
-    (n R̂ + 1)/(n + 1) for conformal risk control, the Clopper–Pearson 1-δ upper bound on
-    the test split for Learn-then-Test. ``acceptance`` is the share of calibration items
-    each tier answers, shape (K,); ``cost_ratio`` is the mean cost relative to always
-    calling the last tier.
+    ``risk_bound`` is the finite-sample bound the method certifies: (n R̂ + 1)/(n + 1) for
+    conformal risk control, the Clopper–Pearson 1-δ upper bound on the tested items for the
+    high-probability methods. ``acceptance`` is the share of calibration items each tier
+    answers, shape (K,); ``skipped`` the share that skipped tier 0; ``cost_ratio`` the mean
+    cost relative to always calling the last tier. ``guarantee`` says in words what holds.
     """
 
     target: str
@@ -188,7 +251,14 @@ class Fit:
     risk_bound: float
     acceptance: list[float]
     cost_ratio: float
+    skip_threshold: float | None = None
+    skipped: float = 0.0
     p_value: str | None = None
+    guarantee: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> list[float]:
+        return self.thresholds + ([] if self.skip_threshold is None else [self.skip_threshold])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -199,78 +269,111 @@ def check_level(name: str, value: float | None) -> None:
         raise ValueError(f"{name} must be in (0, 1), got {value}")
 
 
-def _summary(data: CalibrationData, thresholds: np.ndarray, target: str) -> tuple[float, list[float], float]:
-    losses, at_risk = item_losses(data, thresholds, target)
-    risk = float(losses.sum() / at_risk.sum()) if at_risk.any() else 0.0
-    tier = answering_tier(data.scores, thresholds)
-    acceptance = np.bincount(tier, minlength=data.tiers) / data.n
-    always_last = float(data.costs[:, -1].mean())
-    return risk, acceptance.tolist(), expected_cost(data, thresholds) / always_last
+def guarantee(target: str, alpha: float, delta: float | None, method: str) -> dict:
+    """The guarantee a fit gives, as a record with a sentence an operator can read."""
+    what = f"{TARGET_WORDS[target]} <= {alpha:g}"
+    if delta is None:
+        return {"kind": "marginal", "method": method,
+                "statement": f"on average over calibration draws, {what} "
+                             "(a single calibration can land above it; see realized-risk spread)"}
+    return {"kind": "high-probability", "method": method,
+            "statement": f"with probability >= {1 - delta:.0%} over the calibration draw, {what}"}
+
+
+def _loss_if_accepted(data: CalibrationData, target: str) -> np.ndarray:
+    """Items whose acceptance by tier 0 would count against the target (two tiers)."""
+    if target == "accept-error":
+        return ~data.correct[:, 0]
+    if target == "quality-loss":
+        return ~data.correct[:, 0] & data.correct[:, 1]
+    raise ValueError(f"a single-threshold path supports accept-error and quality-loss, not {target!r}")
+
+
+def _threshold_path(data: CalibrationData, target: str) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate rules "accept when score > λ" in increasing λ: λ = -inf, then each distinct
+    score; returns (λ values, losses counted when accepting strictly above each λ)."""
+    s = data.scores[:, 0]
+    losses = _loss_if_accepted(data, target)
+    order = np.argsort(s, kind="stable")
+    s_sorted, l_sorted = s[order], losses[order]
+    distinct, first_index = np.unique(s_sorted, return_index=True)
+    tail = np.concatenate([np.cumsum(l_sorted[::-1])[::-1], [0]])  # losses of items at index >= j
+    next_start = np.concatenate([first_index[1:], [data.n]])
+    return np.concatenate([[-math.inf], distinct]), np.concatenate([[tail[0]], tail[next_start]])
+
+
+def _policy_threshold(lam: float) -> float:
+    """The policy keeps an answer when score >= t; the path accepts score > λ."""
+    return -math.inf if lam == -math.inf else float(np.nextafter(lam, math.inf))
 
 
 def crc_threshold(data: CalibrationData, target: str, alpha: float, correction: bool = True) -> float:
-    """Conformal risk control for one non-final tier: the policy threshold t (accept when
+    """Conformal risk control for one non-final tier: the policy threshold t (keep when
     score >= t) equal to the CRC λ̂ = inf{λ : (n R̂_n(λ) + B)/(n + 1) <= α}, B = 1.
 
     Candidate λ is the strict rule "accept when score > λ" (losses right-continuous in λ,
-    as CRC requires); the returned policy threshold is the next float above λ̂. Returns
-    -inf when accepting everything passes and +inf when nothing does (infeasible).
-    ``correction=False`` drops the finite-sample terms (plain empirical risk <= α); it
-    exists only to show that the validity tests detect the difference.
+    as CRC requires). Returns -inf when accepting everything passes and +inf when nothing
+    does (infeasible). ``correction=False`` drops the finite-sample terms (plain empirical
+    risk <= α); it exists only to show that the validity tests detect the difference.
     """
-    if data.tiers != 2:
-        raise ValueError("conformal risk control here calibrates one threshold (two tiers)")
-    n = data.n
-    s = data.scores[:, 0]
-    # loss if accepted (score > λ): only items whose acceptance would count against the target
-    if target == "accept-error":
-        loss_if_accepted = ~data.correct[:, 0]
-    elif target == "quality-loss":
-        loss_if_accepted = ~data.correct[:, 0] & data.correct[:, 1]
+    if data.tiers != 2 or data.skip_scores is not None:
+        raise ValueError("conformal risk control here calibrates one threshold (two tiers, no skip)")
+    lams, losses = _threshold_path(data, target)
+    budget = alpha * (data.n + 1) - 1 if correction else alpha * data.n
+    ok = losses <= budget
+    return _policy_threshold(lams[np.argmax(ok)]) if ok.any() else math.inf
+
+
+def fixed_sequence_threshold(data: CalibrationData, target: str, alpha: float, delta: float,
+                             correction: bool = True) -> float:
+    """High-probability single threshold: fixed-sequence testing from the strictest λ down.
+
+    H_λ: R(λ) > α is rejected when P(Bin(n, α) <= k(λ)) <= δ, k(λ) the calibration losses
+    when accepting above λ. k(λ) only grows as λ loosens, so the rejected set is the prefix
+    of the path with k(λ) <= k* = max{k : P(Bin(n, α) <= k) <= δ}; the loosest such λ is
+    returned (+inf when even the strictest non-trivial λ fails). With probability >= 1 − δ,
+    R(λ̂) <= α. ``correction=False`` certifies by the empirical risk alone (k <= α n).
+    """
+    if data.tiers != 2 or data.skip_scores is not None:
+        raise ValueError("the fixed-sequence path calibrates one threshold (two tiers, no skip)")
+    lams, losses = _threshold_path(data, target)
+    if correction:
+        passes = stats.binom.cdf(losses, data.n, alpha) <= delta
     else:
-        raise ValueError(f"conformal risk control supports accept-error and quality-loss, not {target!r}")
-    budget = alpha * (n + 1) - 1 if correction else alpha * n
-    # Candidates in increasing λ: -inf (accept all), then each distinct score (accept s > v).
-    order = np.argsort(s, kind="stable")
-    s_sorted, l_sorted = s[order], loss_if_accepted[order]
-    distinct, first_index = np.unique(s_sorted, return_index=True)
-    tail_losses = np.concatenate([np.cumsum(l_sorted[::-1])[::-1], [0]])  # losses of items at index >= j
-    if tail_losses[0] <= budget:
-        return -math.inf
-    # λ = distinct[j] accepts the items strictly above it: indices >= first index of distinct[j+1]
-    next_start = np.concatenate([first_index[1:], [n]])
-    ok = tail_losses[next_start] <= budget
-    if not ok.any():
-        return math.inf
-    lam = distinct[np.argmax(ok)]
-    return float(np.nextafter(lam, math.inf))
+        passes = losses <= alpha * data.n
+    return _policy_threshold(lams[np.argmax(passes)]) if passes.any() else math.inf
 
 
-def _grid_candidates(scores: np.ndarray, grid_size: int) -> list[np.ndarray]:
-    """Per non-final tier: candidate thresholds = score quantiles of the grid split, plus +inf."""
+def _grid_candidates(data: CalibrationData, grid_size: int) -> list[np.ndarray]:
+    """Per configuration entry: candidate values = score quantiles of the grid split, + inf."""
     levels = np.linspace(0.0, 1.0, grid_size)
+    columns = [data.scores[:, k] for k in range(data.tiers - 1)]
+    if data.skip_scores is not None:
+        columns.append(data.skip_scores)
     out = []
-    for k in range(scores.shape[1]):
-        column = scores[:, k][np.isfinite(scores[:, k])]
-        values = np.unique(np.quantile(column, levels)) if column.size else np.array([])
+    for column in columns:
+        finite = column[np.isfinite(column)]
+        values = np.unique(np.quantile(finite, levels)) if finite.size else np.array([])
         out.append(np.concatenate([values, [math.inf]]))
     return out
 
 
 def _configurations(candidates: list[np.ndarray]) -> np.ndarray:
-    """All threshold vectors of the grid, shape (G, K-1), strictest first."""
+    """All configuration vectors of the grid, shape (G, dims), strictest first."""
     mesh = np.meshgrid(*candidates, indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=1)[::-1]
 
 
 def config_counts(data: CalibrationData, configs: np.ndarray, target: str) -> tuple[np.ndarray, np.ndarray]:
-    """For every configuration (rows of ``configs``, shape (G, K-1)): the number of items
+    """For every configuration (rows of ``configs``, shape (G, dims)): the number of items
     that count against the target and the number at risk, each shape (G,)."""
-    accepted = data.scores[None, :, :] >= configs[:, None, :]  # (G, n, K-1)
-    any_accepted = accepted.any(axis=2)
-    tier = np.where(any_accepted, np.argmax(accepted, axis=2), data.tiers - 1)  # (G, n)
-    wrong = ~np.take_along_axis(np.broadcast_to(data.correct, (len(configs), *data.correct.shape)),
-                                tier[:, :, None], axis=2)[:, :, 0]
+    configs = np.atleast_2d(configs)
+    k = data.tiers - 1
+    accepted = data.scores[None, :, :] >= configs[:, None, :k]  # (G, n, K-1)
+    if data.skip_scores is not None:
+        accepted[:, :, 0] &= ~(data.skip_scores[None, :] < configs[:, None, k])
+    tier = np.where(accepted.any(axis=2), np.argmax(accepted, axis=2), data.tiers - 1)  # (G, n)
+    wrong = ~data.correct[np.arange(data.n)[None, :], tier]
     early = tier < data.tiers - 1
     if target == "quality-loss":
         losses, at_risk = wrong & data.correct[None, :, -1], np.full(tier.shape, True)
@@ -281,12 +384,6 @@ def config_counts(data: CalibrationData, configs: np.ndarray, target: str) -> tu
     else:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
     return losses.sum(axis=1), at_risk.sum(axis=1)
-
-
-def p_values(kind: str, wrong: np.ndarray, m: np.ndarray, alpha: float) -> np.ndarray:
-    """Vectorized ``p_value`` over configurations, shape (G,)."""
-    return np.array([p_value(kind, int(w), int(k), alpha) for w, k in zip(wrong, m)]) if kind != "binomial" \
-        else np.where(m > 0, stats.binom.cdf(wrong, np.maximum(m, 1), alpha), 1.0)
 
 
 def learn_then_test(
@@ -300,7 +397,7 @@ def learn_then_test(
     p_value_kind: str = "binomial",
     correction: bool = True,
 ) -> tuple[np.ndarray | None, CalibrationData]:
-    """Learn-then-Test with fixed-sequence testing; returns (thresholds or None, test split).
+    """Learn-then-Test with fixed-sequence testing; returns (configuration or None, test split).
 
     The grid split picks candidate configurations and orders them by their p-value on the
     grid split (ties: stricter first); fixed-sequence testing on the test split rejects
@@ -312,7 +409,7 @@ def learn_then_test(
     perm = rng.permutation(data.n)
     cut = int(round(grid_fraction * data.n))
     grid_part, test_part = data.subset(perm[:cut]), data.subset(perm[cut:])
-    configs = _configurations(_grid_candidates(grid_part.scores, grid_size))
+    configs = _configurations(_grid_candidates(grid_part, grid_size))
     order = np.argsort(p_values(p_value_kind, *config_counts(grid_part, configs, target), alpha), kind="stable")
     wrong, m = config_counts(test_part, configs[order], target)
     if correction:
@@ -326,48 +423,81 @@ def learn_then_test(
     return certified[int(np.argmin(costs))], test_part
 
 
+def uses_threshold_path(data: CalibrationData, target: str) -> bool:
+    """Two tiers, no skip, a loss monotone in the threshold: one threshold on a path."""
+    return data.tiers == 2 and data.skip_scores is None and target in ("accept-error", "quality-loss")
+
+
 def fit_thresholds(
     data: CalibrationData,
     target: str,
     alpha: float,
-    delta: float | None = None,
+    delta: float | None = DEFAULT_DELTA,
     seed: int = 0,
     p_value_kind: str = "binomial",
     grid_size: int = 40,
     grid_fraction: float = 0.3,
     correction: bool = True,
 ) -> Fit:
-    """Fit per-tier thresholds for ``target`` at level α (and δ for Learn-then-Test).
+    """Fit the policy's thresholds for ``target`` at level α (and δ; see the module docstring).
 
-    Two tiers with ``accept-error`` or ``quality-loss`` use conformal risk control (δ is
-    not used); everything else uses Learn-then-Test and needs δ.
+    ``delta=None`` asks for the marginal guarantee (conformal risk control), which exists
+    for two tiers with ``accept-error`` / ``quality-loss`` and no skip rule.
     """
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; known: {', '.join(TARGETS)}")
     check_level("alpha", alpha)
-    use_crc = data.tiers == 2 and target != "selective-error"
-    if not use_crc or delta is not None:  # δ is needed by Learn-then-Test, optional otherwise
+    path = uses_threshold_path(data, target)
+    if delta is not None or not path:
+        if delta is None:
+            raise ValueError(f"delta must be in (0, 1), got None: the marginal guarantee (delta none) exists only "
+                             f"for two tiers with accept-error or quality-loss and no skip rule")
         check_level("delta", delta)
     if data.n == 0:
         raise ValueError("no calibration items")
-    infeasible = np.full(data.tiers - 1, math.inf)
-    if use_crc:
-        t = crc_threshold(data, target, alpha, correction=correction)
-        thresholds = np.array([t])
-        losses, _ = item_losses(data, thresholds, target)
-        bound = (losses.sum() + 1) / (data.n + 1)
-        feasible = math.isfinite(t) or bound <= alpha
-        method, p_kind = "conformal-risk-control", None
+    if path:
+        if delta is None:
+            t, method = crc_threshold(data, target, alpha, correction), "conformal-risk-control"
+        else:
+            t, method = fixed_sequence_threshold(data, target, alpha, delta, correction), "fixed-sequence-binomial"
+        config = np.array([t])
+        losses, _ = item_losses(data, config, target)
+        k = int(losses.sum())
+        bound = (k + 1) / (data.n + 1) if delta is None else binomial_upper_bound(k, data.n, delta)
+        feasible = math.isfinite(t)
+        p_kind = None if delta is None else "binomial"
     else:
         chosen, test_part = learn_then_test(data, target, alpha, delta, np.random.default_rng(seed), grid_fraction,
                                             grid_size, p_value_kind, correction)
         feasible = chosen is not None
-        thresholds = chosen if feasible else infeasible
-        losses, at_risk = item_losses(test_part, thresholds, target)
+        config = chosen if feasible else np.full(data.dims, math.inf)
+        losses, at_risk = item_losses(test_part, config, target)
         bound = binomial_upper_bound(int(losses.sum()), int(at_risk.sum()), delta)
         method, p_kind = "learn-then-test", p_value_kind
-    risk, acceptance, cost_ratio = _summary(data, thresholds, target)
+    thresholds, skip_threshold = _split(data, config)
+    tier, skipped = routing(data, config)
     return Fit(target=target, method=method, alpha=alpha, delta=delta, n=data.n, feasible=bool(feasible),
-               thresholds=[float(t) for t in thresholds], empirical_risk=risk, risk_bound=float(bound),
-               acceptance=acceptance, cost_ratio=cost_ratio, p_value=p_kind)
+               thresholds=[float(t) for t in thresholds], empirical_risk=risk(data, config, target),
+               risk_bound=float(bound), acceptance=(np.bincount(tier, minlength=data.tiers) / data.n).tolist(),
+               cost_ratio=expected_cost(data, config) / float(data.costs[:, -1].mean()),
+               skip_threshold=skip_threshold, skipped=float(skipped.mean()), p_value=p_kind,
+               guarantee=guarantee(target, alpha, delta, method))
 
+
+def realized_risk_spread(data: CalibrationData, target: str, alpha: float, delta: float | None,
+                         resamples: int = 500, quantile: float = 0.9, seed: int = 0) -> dict:
+    """What a single deployment should expect from one calibration: refit the same two-tier
+    method (CRC when ``delta`` is None, else fixed-sequence at δ) on bootstrap resamples of
+    the calibration set and measure each fit's risk on the full set (the best available
+    stand-in for the population). Returns the share of resampled calibrations whose risk
+    exceeds α, the ``quantile`` and the mean of their risks."""
+    rng = np.random.default_rng(seed)
+    risks = np.empty(resamples)
+    for b in range(resamples):
+        sample = data.subset(rng.integers(0, data.n, data.n))
+        t = crc_threshold(sample, target, alpha) if delta is None else fixed_sequence_threshold(sample, target,
+                                                                                                 alpha, delta)
+        risks[b] = risk(data, [t], target)
+    return {"method": "bootstrap: refit on resamples of the calibration set, risk measured on all of it",
+            "resamples": resamples, "share_above_alpha": float((risks > alpha).mean()),
+            f"risk_q{int(quantile * 100)}": float(np.quantile(risks, quantile)), "mean_risk": float(risks.mean())}

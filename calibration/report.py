@@ -1,9 +1,10 @@
 """The calibration report: markdown plus PNG plots next to the artifact.
 
-* deferral curves — accuracy of the cascade vs share of items escalated from tier 0,
-  one curve per signal (the better signal sits higher at the same escalation)
-* risk vs threshold — the target's empirical risk as tier 0's threshold moves, with the
-  α line and the fitted threshold
+* the guarantee in force, in words, and what a single deployment should expect
+* the price of the stronger guarantee: marginal vs (α, δ) on the same data
+* how the rule was chosen (selection split) and the pre-generation skip
+* deferral curve of the chosen rule on the calibration split, against random and the oracle
+* risk vs threshold — the target's empirical risk as tier 0's threshold moves
 * score histograms — tier 0's scores for its correct and wrong answers
 """
 
@@ -15,40 +16,25 @@ from typing import Callable
 
 import numpy as np
 
-from .conformal import CalibrationData, Fit, answering_tier, item_losses
+from .conformal import CalibrationData, risk
+from .metrics import deferral_curve, oracle_scores
 
 
-def _threshold_sweep(data: CalibrationData, fitted: list[float], points: int = 60) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Tier-0 thresholds from accept-all to escalate-all (other tiers keep their fitted
-    thresholds); returns the grid and the threshold vectors."""
-    finite = data.scores[:, 0][np.isfinite(data.scores[:, 0])]
-    grid = np.unique(np.quantile(finite, np.linspace(0, 1, points))) if finite.size else np.array([0.0])
-    grid = np.concatenate([[-math.inf], grid, [math.inf]])
-    vectors = [np.array([t, *[f if math.isfinite(f) else math.inf for f in fitted[1:]]]) for t in grid]
-    return grid, vectors
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
 
 
-def deferral_curve(data: CalibrationData, fitted: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """(share escalated from tier 0, cascade accuracy) along the tier-0 threshold sweep."""
-    _, vectors = _threshold_sweep(data, fitted)
-    shares, accuracy = [], []
-    for lam in vectors:
-        tier = answering_tier(data.scores, lam)
-        shares.append(float((tier > 0).mean()))
-        accuracy.append(float(data.correct[np.arange(data.n), tier].mean()))
-    return np.array(shares), np.array(accuracy)
-
-
-def write_report(out_dir: Path, fit: Fit, data_by_signal: dict[str, CalibrationData], signal: str,
-                 tier_names: list[str], header: str) -> Path:
-    """Write ``report.md`` and the PNG plots into ``out_dir``; return the markdown path."""
+def _plots(out_dir: Path, data: CalibrationData, artifact: dict, names: list[str]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data = data_by_signal[signal]
+    fit, rule = artifact["fit"], artifact["policy"]["rules"][0]["name"]
 
     def save(name: str, draw: Callable) -> str:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -58,26 +44,29 @@ def write_report(out_dir: Path, fit: Fit, data_by_signal: dict[str, CalibrationD
         plt.close(fig)
         return name
 
+    pair = data.correct[:, [0, -1]]
+    pair_costs = data.costs[:, [0, -1]]
+
     def curves(ax):
-        for name, d in data_by_signal.items():
-            x, y = deferral_curve(d, fit.thresholds)
-            ax.plot(x, y, label=name, lw=2 if name == signal else 1)
-        ax.axhline(data.correct[:, -1].mean(), color="grey", ls="--", lw=1, label=f"{tier_names[-1]} alone")
-        ax.set(xlabel=f"share escalated from {tier_names[0]}", ylabel="cascade accuracy", title="Deferral curves")
+        for label, scores in ((rule, data.scores[:, 0]), ("oracle", oracle_scores(pair))):
+            c = deferral_curve(scores, pair, pair_costs)
+            ax.plot(c.share, c.accuracy, label=label, lw=2 if label == rule else 1)
+        ax.plot([0, 1], [pair[:, 0].mean(), pair[:, 1].mean()], color="grey", ls="--", lw=1, label="random")
+        ax.set(xlabel=f"share escalated from {names[0]}", ylabel="cascade accuracy", title="Deferral curve")
         ax.legend(fontsize=7)
 
-    def risk(ax):
-        grid, vectors = _threshold_sweep(data, fit.thresholds)
-        values = []
-        for lam in vectors:
-            losses, at_risk = item_losses(data, lam, fit.target)
-            values.append(losses.sum() / at_risk.sum() if at_risk.any() else 0.0)
-        finite = np.isfinite(grid)
-        ax.plot(grid[finite], np.array(values)[finite], label=f"empirical {fit.target}")
-        ax.axhline(fit.alpha, color="red", ls="--", label=f"α = {fit.alpha}")
-        if math.isfinite(fit.thresholds[0]):
-            ax.axvline(fit.thresholds[0], color="green", ls=":", label="fitted threshold")
-        ax.set(xlabel=f"{tier_names[0]} threshold on {signal}", ylabel="risk", title="Risk vs threshold")
+    def risk_plot(ax):
+        s = data.scores[:, 0]
+        finite = s[np.isfinite(s)]
+        grid = np.unique(np.quantile(finite, np.linspace(0, 1, 60))) if finite.size else np.array([0.0])
+        rest = [t if t is not None and math.isfinite(t) else math.inf for t in fit["thresholds"][1:]]
+        extra = [] if data.skip_scores is None else [fit["skip_threshold"]]
+        values = [risk(data, [t, *rest, *extra], fit["target"]) for t in grid]
+        ax.plot(grid, values, label=f"empirical {fit['target']}")
+        ax.axhline(fit["alpha"], color="red", ls="--", label=f"α = {fit['alpha']}")
+        if fit["thresholds"][0] is not None and math.isfinite(fit["thresholds"][0]):
+            ax.axvline(fit["thresholds"][0], color="green", ls=":", label="fitted threshold")
+        ax.set(xlabel=f"{names[0]} threshold on {rule}", ylabel="risk", title="Risk vs threshold")
         ax.legend(fontsize=7)
 
     def histogram(ax):
@@ -86,30 +75,66 @@ def write_report(out_dir: Path, fit: Fit, data_by_signal: dict[str, CalibrationD
         bins = np.linspace(s[finite].min(), s[finite].max(), 30) if finite.any() else 10
         ax.hist(s[finite & data.correct[:, 0]], bins=bins, alpha=0.6, label="correct")
         ax.hist(s[finite & ~data.correct[:, 0]], bins=bins, alpha=0.6, label="wrong")
-        ax.set(xlabel=f"{tier_names[0]} {signal}", ylabel="items", title="Scores by correctness")
+        ax.set(xlabel=f"{names[0]} {rule}", ylabel="items", title="Scores by correctness")
         ax.legend(fontsize=7)
 
-    images = [save("deferral_curves.png", curves), save("risk_vs_threshold.png", risk),
-              save("score_histogram.png", histogram)]
-    verdict = "feasible" if fit.feasible else "INFEASIBLE — the policy always escalates"
-    rows = "\n".join(f"| {name} | {share:.1%} |" for name, share in zip(tier_names, fit.acceptance))
-    text = f"""# Calibration report
+    return [save("deferral_curve.png", curves), save("risk_vs_threshold.png", risk_plot),
+            save("score_histogram.png", histogram)]
 
-{header}
 
-- target **{fit.target}**, α = {fit.alpha}, δ = {fit.delta}, method: {fit.method}, n = {fit.n}: **{verdict}**
-- signal `{signal}`; thresholds {fit.thresholds}
-- empirical risk {fit.empirical_risk:.4f}; certified bound {fit.risk_bound:.4f}
-- expected cost relative to always calling {tier_names[-1]}: {fit.cost_ratio:.2f}
-
-| tier | share answered (calibration) |
-|---|---|
-{rows}
-
-![deferral curves]({images[0]})
-![risk vs threshold]({images[1]})
-![score histogram]({images[2]})
-"""
+def write_report(out_dir: Path, artifact: dict, data: CalibrationData, names: list[str], header: str) -> Path:
+    """Write ``report.md`` and the PNG plots into ``out_dir``; return the markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = _plots(out_dir, data, artifact, names)
+    fit, policy = artifact["fit"], artifact["policy"]
+    verdict = "feasible" if fit["feasible"] else "INFEASIBLE — the policy always escalates"
+    rule_names = ", ".join(f"`{r['name']}`" for r in policy["rules"])
+    skip = "none"
+    if policy["skip"]:
+        skip = (f"`{policy['skip']['name']}` below {_fmt(fit['skip_threshold'], 4)} "
+                f"({fit['skipped']:.1%} of items skip {names[0]})")
+    rows = "\n".join(f"| {name} | {share:.1%} |" for name, share in zip(names, fit["acceptance"]))
+    lines = [
+        "# Calibration report", "", header, "",
+        f"**Guarantee:** {artifact['guarantee']['statement']} — assuming {artifact['guarantee']['assumption']}.", "",
+        f"- target **{fit['target']}**, α = {fit['alpha']}, δ = {fit['delta']}, method: {fit['method']}, "
+        f"n = {fit['n']}: **{verdict}**",
+        f"- rules: {rule_names}; thresholds {[_fmt(t, 4) for t in fit['thresholds']]}",
+        f"- skip: {skip}",
+        f"- empirical risk {fit['empirical_risk']:.4f}; certified bound {fit['risk_bound']:.4f}",
+        f"- expected cost relative to always calling {names[-1]}: {fit['cost_ratio']:.2f}",
+        f"- splits: {artifact['dataset']['splits']}", "",
+        "| tier | share answered (calibration split) |", "|---|---|", rows, "",
+    ]
+    price = artifact.get("price_of_guarantee")
+    if price:
+        lines += ["## Price of the per-deployment guarantee", "",
+                  "Same deferral rule, same calibration items, without the skip rule. 'Above α' is the share of "
+                  f"bootstrap-resampled calibrations ({price['marginal']['spread']['resamples']}) whose fit exceeds α "
+                  "on the full calibration set.", "",
+                  "| guarantee | δ | threshold | escalated | cost vs largest | resampled fits above α | 90th pct risk |",
+                  "|---|---|---|---|---|---|---|"]
+        for label, row in price.items():
+            lines.append(f"| {label} | {_fmt(row['delta'])} | {_fmt(row['threshold'], 4)} | {row['escalated']:.1%} | "
+                         f"{row['cost_ratio']:.3f} | {row['spread']['share_above_alpha']:.1%} | "
+                         f"{row['spread']['risk_q90']:.4f} |")
+        lines.append("")
+    selection = artifact.get("selection")
+    if selection:
+        lines += ["## How the rule was chosen (selection split)", "",
+                  "Cost of the cheapest configuration meeting the target on the selection split (no guarantee: for "
+                  "comparing rules), share of the oracle's gain over random deferral, and APGR.", "",
+                  "| tier | rule | selection cost | gain share | APGR |", "|---|---|---|---|---|"]
+        for row in selection["table"]:
+            lines.append(f"| {row['tier']} | `{row['rule']}` | {row['selection_cost']:.3f} | "
+                         f"{_fmt(row['gain_share'])} | {_fmt(row['apgr'])} |")
+        if selection["skip"]:
+            lines += ["", "| skip rule | selection cost |", "|---|---|"]
+            lines += [f"| `{row['skip']}` | {row['selection_cost']:.3f} |" for row in selection["skip"]]
+        for refusal in selection["refused"]:
+            lines.append(f"\n- not trained: `{refusal['rule']}` (tier {refusal['tier']}): {refusal['reason']}")
+        lines.append("")
+    lines += [f"![deferral curve]({images[0]})", f"![risk vs threshold]({images[1]})", f"![score histogram]({images[2]})"]
     path = out_dir / "report.md"
-    path.write_text(text)
+    path.write_text("\n".join(lines) + "\n")
     return path

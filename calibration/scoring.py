@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from engine.answers import choice_letter, contains_answer, normalize, parse_number
+from vcascade.engine.uncertainty.answers import choice_letter, contains_answer, normalize, parse_number
 
 __all__ = ["KINDS", "choice_letter", "exact_match", "is_correct", "normalize", "numeric_match", "parse_number"]
 KINDS = ("exact", "numeric", "choice")

@@ -1,15 +1,20 @@
-"""vcascade engine: tiers under vLLM, confidence signals, and the cascade controller.
+"""vcascade engine: tiers under vLLM (or remote vLLM servers), uncertainty signals and
+learned deferral rules, and the cascade controller.
 
-Entry points: ``load_config`` → ``build_cascade`` (real vLLM engines) → ``Cascade.run``.
+Entry points: ``load_config`` → ``build_cascade`` (started tiers) → ``Cascade.answer`` /
+``answer_all`` / ``stream``; synchronous code runs them with ``runtime.run``.
 """
 
-from .cascade import Cascade, Tier
-from .config import CascadeConfig, ConfigError, TierConfig, load_config
+from .cascade import Cascade, Delta
+from .config import CascadeConfig, ConfigError, EngineTierConfig, RemoteTierConfig, load_config
+from .factory import build_cascade, build_policy
 from .policy import Policy
-from .signals import get_signal, signal_names
+from .runtime import run
 from .types import Answer, Request, TierResult, TraceStep
+from .uncertainty import get_signal, signal_names
 
 __all__ = [
-    "Answer", "Cascade", "CascadeConfig", "ConfigError", "Policy", "Request", "Tier",
-    "TierConfig", "TierResult", "TraceStep", "get_signal", "load_config", "signal_names",
+    "Answer", "Cascade", "CascadeConfig", "ConfigError", "Delta", "EngineTierConfig", "Policy", "RemoteTierConfig",
+    "Request", "TierResult", "TraceStep", "build_cascade", "build_policy", "get_signal", "load_config", "run",
+    "signal_names",
 ]

@@ -1,17 +1,21 @@
-"""Calibration artifacts: the thresholds a calibration job certified, and the identity of
-the cascade they were certified for.
+"""Calibration artifacts: the policy a calibration job certified (rules, thresholds, skip),
+the guarantee it certified, and the identity of the cascade it was certified for.
 
-Schema (JSON, ``schema_version`` 1)::
+Schema (JSON, ``schema_version`` 2)::
 
-    {"schema_version": 1, "created": ISO time, "dataset": {...}, "signal": str,
-     "target": str, "alpha": float, "delta": float | null, "n": int,
-     "tiers": [{"name", "model", "model_hash", "decoding"}, ...],   # cost order
-     "fit": {"thresholds": [...], "feasible", "method", "empirical_risk", "risk_bound",
-             "acceptance": [...], "cost_ratio", ...}}
+    {"schema_version": 2, "created": ISO time, "dataset": {...}, "target": str,
+     "alpha": float, "delta": float | null, "guarantee": {"kind", "statement", ...},
+     "tiers": [{"name", "model", "model_hash", "decoding"}, ...],          # cost order
+     "policy": {"rules": [rule spec per non-final tier], "thresholds": [...],
+                "skip": skip-rule spec | null, "skip_threshold": float | null},
+     "selection": {...}, "fit": {...}}
 
-A cascade serves an artifact only when its tiers are the same models (content hash) with
-the same decoding settings; otherwise ``load_artifact_policy`` refuses with a message
-naming the first difference, unless ``force`` is set.
+A rule spec is ``{"kind": "signal", "name": ...}`` or a frozen learned rule (see
+``engine.uncertainty.learned``). A cascade serves an artifact only when its tiers are the
+same models (content hash; for a remote tier its served model id, stated revision and
+context length) with the same decoding settings, and its learned rules load in this
+environment; otherwise ``load_artifact_policy`` refuses with a message naming the first
+difference (``force`` skips the tier comparison, never the learned-rule checks).
 """
 
 from __future__ import annotations
@@ -20,15 +24,15 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from . import model_store
-from .config import CascadeConfig, TierConfig, resolve_model
+from .config import CascadeConfig, EngineTierConfig, RemoteTierConfig, resolve_model
 from .policy import Policy
+from .uncertainty.learned import LearnedRuleError, rule_from_spec, skip_from_spec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 HASH_CACHE = ".vcascade-content-hash"
 
 
@@ -68,23 +72,27 @@ def model_hash(location: str, model: str | None = None) -> str:
     return value
 
 
-def decoding_settings(tier: TierConfig, system_prompt: str | None) -> dict[str, Any]:
+def decoding_settings(tier: EngineTierConfig | RemoteTierConfig, system_prompt: str | None) -> dict[str, Any]:
     """Everything besides the weights that changes a tier's answers or scores."""
-    return {
-        "dtype": tier.dtype,
-        "sampling": asdict(tier.sampling),
-        "samples": asdict(tier.samples) if tier.samples else None,
+    settings: dict[str, Any] = {
+        "sampling": tier.sampling.model_dump(),
+        "samples": tier.samples.model_dump() if tier.samples else None,
         "system_prompt": system_prompt,
     }
+    if isinstance(tier, EngineTierConfig):
+        settings = {"dtype": tier.dtype, **settings}
+    return settings
 
 
-def tier_identity(tier: TierConfig, config: CascadeConfig) -> dict[str, Any]:
-    return {
-        "name": tier.name,
-        "model": tier.model,
-        "model_hash": model_hash(resolve_model(tier, config.source), tier.model),
-        "decoding": decoding_settings(tier, config.system_prompt),
-    }
+def tier_identity(tier: EngineTierConfig | RemoteTierConfig, config: CascadeConfig) -> dict[str, Any]:
+    """What an artifact (and a generation cache) pins about one tier. A remote tier is its
+    served model id and the revision the operator states (``model_revision``)."""
+    if isinstance(tier, RemoteTierConfig):
+        digest = f"remote:{tier.model}@{tier.model_revision or 'unstated-revision'}"
+    else:
+        digest = model_hash(resolve_model(tier, config.source), tier.model)
+    return {"name": tier.name, "model": tier.model, "model_hash": digest,
+            "decoding": decoding_settings(tier, config.system_prompt)}
 
 
 def read_artifact(path: str | Path) -> dict[str, Any]:
@@ -97,39 +105,66 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version != SCHEMA_VERSION:
-        raise ArtifactError(f"{path}: artifact schema version {version!r}; this vcascade reads version {SCHEMA_VERSION}")
-    for key in ("tiers", "fit", "signal", "target", "alpha"):
+        raise ArtifactError(f"{path}: artifact schema version {version!r}; this vcascade reads version "
+                            f"{SCHEMA_VERSION}. Recalibrate (vcascade calibrate).")
+    for key in ("tiers", "policy", "fit", "target", "alpha"):
         if key not in data:
             raise ArtifactError(f"{path}: artifact is missing {key!r}")
     return data
 
 
-def mismatch(artifact: dict[str, Any], config: CascadeConfig) -> str | None:
-    """The first difference between the artifact's tiers and the config's, or ``None``."""
+def mismatch(artifact: dict[str, Any], config: CascadeConfig, live: Sequence | None = None) -> str | None:
+    """The first difference between the artifact's tiers and the config's, or ``None``.
+
+    ``live`` (started tiers) adds what only a running tier knows: a remote tier's context length.
+    """
     calibrated = artifact["tiers"]
     if len(calibrated) != len(config.tiers):
         return f"the artifact has {len(calibrated)} tiers, the config {len(config.tiers)}"
     for i, (was, tier) in enumerate(zip(calibrated, config.tiers)):
         now = tier_identity(tier, config)
         if was["model_hash"] != now["model_hash"]:
-            return (f"tier {i} ({tier.name}): calibrated for model {was['model']!r} ({was['model_hash'][:23]}…), "
-                    f"config has {tier.model!r} ({now['model_hash'][:23]}…)")
+            return (f"tier {i} ({tier.name}): calibrated for model {was['model']!r} ({was['model_hash'][:40]}…), "
+                    f"config has {tier.model!r} ({now['model_hash'][:40]}…)")
         if was["decoding"] != now["decoding"]:
             keys = [k for k in now["decoding"] if was["decoding"].get(k) != now["decoding"][k]]
-            return f"tier {i} ({tier.name}): decoding settings differ ({', '.join(keys)})"
+            return f"tier {i} ({tier.name}): decoding settings differ ({', '.join(keys) or 'engine kind'})"
+        served = was.get("served") or {}
+        if live is not None and served.get("max_model_len"):
+            length = live[i].max_model_len
+            if length and length != served["max_model_len"]:
+                return (f"tier {i} ({tier.name}): calibrated against a server with max_model_len "
+                        f"{served['max_model_len']}, this one has {length}")
     return None
+
+
+def policy_from_artifact(artifact: dict[str, Any], path: str | Path = "<artifact>") -> Policy:
+    """The certified policy (an infeasible fit has +inf thresholds: always escalate)."""
+    spec = artifact["policy"]
+    try:
+        rules = tuple(rule_from_spec(r) for r in spec["rules"])
+        skip = skip_from_spec(spec["skip"]) if spec.get("skip") else None
+    except LearnedRuleError as err:
+        raise ArtifactError(f"{path}: {err}") from None
+    thresholds = tuple(math.inf if t is None else float(t) for t in spec["thresholds"])
+    skip_threshold = spec.get("skip_threshold")
+    return Policy(rules, thresholds, skip, None if skip is None else float(skip_threshold))
 
 
 def load_artifact_policy(path: str | Path, config: CascadeConfig, force: bool = False) -> Policy:
     """The policy an artifact certifies, after checking it matches ``config``.
 
-    An infeasible fit has +inf thresholds (always escalate). Raises ``ArtifactError`` for a
-    wrong schema version or, unless ``force``, tiers that differ from the config's.
+    Raises ``ArtifactError`` for a wrong schema version, a learned rule this environment
+    cannot load, or, unless ``force``, tiers that differ from the config's.
     """
     artifact = read_artifact(path)
     problem = mismatch(artifact, config)
     if problem and not force:
         raise ArtifactError(f"{path} does not match {config.source}: {problem}. "
                             "Recalibrate for this config, or pass --force-artifact to serve it anyway.")
-    thresholds = [math.inf if t is None else float(t) for t in artifact["fit"]["thresholds"]]
-    return Policy(artifact["signal"], tuple(thresholds))
+    return policy_from_artifact(artifact, path)
+
+
+def guarantee_statement(artifact: dict[str, Any]) -> str:
+    """The guarantee in words, as the artifact states it."""
+    return (artifact.get("guarantee") or {}).get("statement", "no guarantee recorded")

@@ -1,24 +1,55 @@
 """The cascade controller: the cheapest tier answers unless its confidence is too low.
 
-Batch semantics (DESIGN.md): every request goes to tier 0 in one batch; the requests
-whose score falls below tier 0's threshold go to tier 1 together, and so on. The last
-tier always answers. Every answer carries a trace of each tier it visited.
+One controller for every driver (CLI batch, calibration, benchmarks, server). A request
+walks the tiers cheapest first: the policy's skip rule may send it past tier 0 before any
+generation; each tier answers; its rule scores the answer; the answer is kept when the
+score reaches the tier's threshold, otherwise the request escalates. The last tier allowed
+always answers, and every answer carries a trace of each tier it visited.
+
+``stream`` yields the answering tier's text as it becomes final — a kept answer of a
+non-final tier at once (it had to be complete to be scored), the last tier's tokens as
+the engine produces them — then the ``Answer``. ``answer`` and ``answer_all`` consume it.
+Many requests run concurrently (``answer_all``): each engine batches what it receives, and
+escalated requests reach the next tier while others are still at the first.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Sequence
 
+from .errors import TierUnavailableError
 from .policy import Policy
+from .tiers.base import Chunk, Tier
 from .types import Answer, Request, TierResult, TraceStep
+from .uncertainty.rules import Query, embed_queries
 
 
-class Tier(Protocol):
-    """Anything that turns a batch of requests into one ``TierResult`` per request."""
+@dataclass
+class Delta:
+    """Text of the answer that will be returned, as it becomes final, with its tokens'
+    logprobs. ``trace`` is the request's trace so far (every decision taken before the
+    answering tier's text started)."""
 
-    name: str
+    chunk: Chunk
+    tier_index: int
+    trace: list[TraceStep]
 
-    def generate(self, requests: Sequence[Request]) -> list[TierResult]: ...
+
+@dataclass
+class Overhead:
+    """Seconds vcascade itself spent on one request, by part: rendering the prompt, the prompt
+    embedding, scoring (the server adds response building)."""
+
+    seconds: float = 0.0
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, part: str, seconds: float) -> None:
+        self.seconds += seconds
+        self.parts[part] = self.parts.get(part, 0.0) + seconds
 
 
 class Cascade:
@@ -32,52 +63,107 @@ class Cascade:
                 f"the policy has {len(policy.thresholds)} threshold(s) for {len(tiers)} tiers; "
                 f"it needs one per non-final tier ({len(tiers) - 1})"
             )
+        for i, rule in enumerate(policy.rules):
+            if rule.needs_samples and tiers[i].samples is None:
+                raise ValueError(f"rule {rule.name!r} of tier {tiers[i].name} needs sampled answers; "
+                                 "configure 'samples' on that tier")
         self.tiers = list(tiers)
         self.policy = policy
-        self.tier_seconds: dict[str, float] = {t.name: 0.0 for t in self.tiers}
-        """Wall seconds each tier spent generating, summed over batches since creation."""
 
-    def run(self, requests: Sequence[Request]) -> list[Answer]:
-        """Answer every request; returns answers in request order."""
-        answers: list[Answer | None] = [None] * len(requests)
-        traces: list[list[TraceStep]] = [[] for _ in requests]
-        pending = list(range(len(requests)))
-        last = len(self.tiers) - 1
-        for index, tier in enumerate(self.tiers):
-            if not pending:
-                break
-            results = tier.generate([requests[j] for j in pending])
-            if len(results) != len(pending):
-                raise RuntimeError(f"tier {tier.name} returned {len(results)} results for {len(pending)} requests")
-            self.tier_seconds[tier.name] += max(r.seconds for r in results)
-            escalated = []
-            for j, result in zip(pending, results):
-                score = self.policy.score(result)
-                accepted = self.policy.accepts(index, score)
-                decision = "final" if index == last else ("accept" if accepted else "escalate")
-                traces[j].append(
-                    TraceStep(
-                        tier=tier.name,
-                        score=score,
-                        threshold=self.policy.threshold(index),
-                        decision=decision,
-                        prompt_tokens=result.prompt_tokens,
-                        completion_tokens=result.completion_tokens,
-                        seconds=result.seconds,
-                    )
-                )
-                if accepted:
-                    answers[j] = Answer(
-                        text=result.text,
-                        tier=tier.name,
-                        tier_index=index,
-                        score=score,
-                        finish_reason=result.finish_reason,
-                        trace=traces[j],
-                        id=requests[j].id,
-                    )
+    @property
+    def tier_seconds(self) -> dict[str, float]:
+        """Wall seconds each tier had requests in flight, since start-up (busy time)."""
+        return {t.name: t.busy.seconds for t in self.tiers}
+
+    def tier_index(self, name: str) -> int:
+        for i, tier in enumerate(self.tiers):
+            if tier.name == name:
+                return i
+        raise KeyError(name)
+
+    async def stream(self, request: Request, first: int = 0, last: int | None = None,
+                     overhead: Overhead | None = None) -> AsyncIterator[Delta | Answer]:
+        """Run ``request`` through tiers ``first``..``last`` (default: all); see the module
+        docstring. ``first == last`` pins one tier; ``last`` caps escalation."""
+        last = len(self.tiers) - 1 if last is None else last
+        if not 0 <= first <= last < len(self.tiers):
+            raise ValueError(f"tier range {first}..{last} is outside 0..{len(self.tiers) - 1}")
+        overhead = overhead if overhead is not None else Overhead()
+        query = Query(request)
+        trace: list[TraceStep] = []
+        start = first
+        if first == 0 < last and self.policy.skip is not None:
+            score = await self._score(overhead, query, None, None)
+            if self.policy.skips(score):
+                trace.append(TraceStep(self.tiers[0].name, score, self.policy.skip_threshold, "skip", 0, 0, 0.0,
+                                       detail=self.policy.skip.name))
+                start = 1
+        kept: tuple[int, TierResult, float | None] | None = None
+        for index in range(start, last + 1):
+            tier, final = self.tiers[index], index == last
+            try:
+                result = None
+                if final:
+                    async for item in tier.stream(request):
+                        if isinstance(item, TierResult):
+                            result = item
+                        else:
+                            yield Delta(item, index, trace)
                 else:
-                    escalated.append(j)
-            pending = escalated
-        assert all(a is not None for a in answers), "the last tier answers every request"
-        return answers  # type: ignore[return-value]
+                    result = await tier.generate(request)
+            except TierUnavailableError as err:
+                if tier.config.on_error != "previous_answer" or kept is None:
+                    raise
+                trace.append(TraceStep(tier.name, math.nan, self.policy.threshold(index), "error", 0, 0, 0.0,
+                                       detail=str(err)))
+                break
+            overhead.add("rendering", result.render_seconds)
+            score = None
+            if index < len(self.policy.rules):
+                score = await self._score(overhead, query, index, result)
+            accepted = final or self.policy.accepts(index, score)
+            decision = "final" if final else ("accept" if accepted else "escalate")
+            trace.append(TraceStep(tier.name, score, None if final else self.policy.threshold(index), decision,
+                                   result.prompt_tokens, result.completion_tokens, result.seconds))
+            kept = (index, result, score)
+            if accepted:
+                if not final:
+                    yield Delta(_whole(result), index, trace)
+                break
+        else:  # pragma: no cover - the loop always breaks on the last tier
+            raise AssertionError("the last tier answers every request")
+        index, result, score = kept
+        if trace[-1].decision == "error":
+            yield Delta(_whole(result), index, trace)
+        yield Answer(text=result.text, tier=self.tiers[index].name, tier_index=index, score=score,
+                     finish_reason=result.finish_reason, trace=trace, id=request.id, result=result)
+
+    async def answer(self, request: Request, first: int = 0, last: int | None = None) -> Answer:
+        """The cascade's answer to one request (see ``stream``)."""
+        async for item in self.stream(request, first, last):
+            if isinstance(item, Answer):
+                return item
+        raise AssertionError("stream ended without an answer")
+
+    async def answer_all(self, requests: Sequence[Request], first: int = 0, last: int | None = None) -> list[Answer]:
+        """Answers to all ``requests``, run concurrently; in request order."""
+        return list(await asyncio.gather(*(self.answer(r, first, last) for r in requests)))
+
+    async def _score(self, overhead: Overhead, query: Query, index: int | None, result: TierResult | None) -> float:
+        """The skip rule's score (``index`` None) or tier ``index``'s rule score of ``result``."""
+        rule = self.policy.skip if index is None else self.policy.rules[index]
+        if rule.needs_embedding and query.embedding is None:
+            started = time.perf_counter()
+            await asyncio.to_thread(embed_queries, [query])
+            overhead.add("embedding", time.perf_counter() - started)
+        started = time.perf_counter()
+        score = rule.score_many([query]) if index is None else rule.score_many([query], [result])
+        overhead.add("scoring", time.perf_counter() - started)
+        return float(score[0])
+
+
+def _whole(result: TierResult) -> Chunk:
+    """A complete result as one chunk (a kept answer is released at once)."""
+    return Chunk(text=result.text, token_ids=list(result.token_ids), tokens=list(result.tokens),
+                 token_logprobs=list(result.token_logprobs), top_logprobs=list(result.top_logprobs),
+                 finish_reason=result.finish_reason, prompt_tokens=result.prompt_tokens)

@@ -2,33 +2,37 @@
 
 Example (the embedded default is ``engine/default_cascade.yaml``)::
 
-    signal: mean_logprob
+    signal: min_logprob
     system_prompt: Answer with a short phrase only.
+    artifact: default_cascade.artifact.json    # thresholds (and learned rules) from a calibration
     tiers:
       - name: small
-        model: qwen2.5-coder-0.5b-instruct   # packaged name, local path, or hub id
+        model: qwen2.5-coder-0.5b-instruct     # packaged name, local path, or hub id
         cost_per_token: 1.0
-        threshold: -0.3                      # every tier but the last
         sampling: {max_tokens: 32}
-      - name: large
-        model: qwen2.5-coder-1.5b-instruct
+      - name: large                            # a remote tier: any OpenAI-compatible vLLM server
+        model: Qwen/Qwen2.5-7B-Instruct
+        endpoint: http://gpu-box:8000/v1
         cost_per_token: 3.0
 
-Every validation error is a ``ConfigError`` naming the file and the field.
+The schema is a set of pydantic models (strict types, unknown fields refused); cascade-level
+rules (thresholds on every tier but the last, unique names, signals that need samples) are
+checked after. Every error is a ``ConfigError`` naming the file and the field path
+(``c.yaml: tiers[0].threshold: ...``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 import yaml
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from . import model_store
-from .signals import get_signal
 
 DEFAULT_CONFIG_NAME = "default_cascade.yaml"
 
@@ -37,23 +41,27 @@ class ConfigError(ValueError):
     """An invalid cascade config; the message names the file and the field."""
 
 
-@dataclass(frozen=True)
-class SamplingConfig:
+class _Strict(BaseModel):
+    """Frozen, strict (no str → number coercion), unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class SamplingConfig(_Strict):
     """Default decoding of a tier: greedy unless temperature > 0; ``logprobs`` = top-k kept."""
 
-    max_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-    logprobs: int = 5
+    max_tokens: int = Field(64, gt=0)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    logprobs: int = Field(5, gt=0)
     seed: int = 0
 
 
 ANSWER_SOURCES = ("greedy", "largest_cluster")
 
 
-@dataclass(frozen=True)
-class SamplesConfig:
-    """Sampled answers for semantic entropy, drawn in the same vLLM call as the greedy answer.
+class SamplesConfig(_Strict):
+    """Sampled answers for semantic entropy, drawn next to the greedy answer.
 
     Adaptive sampling: with ``initial`` < ``n``, draw ``initial`` samples first and stop
     when they agree decisively — the largest cluster holds at least ``stop_share`` of them
@@ -62,257 +70,229 @@ class SamplesConfig:
     picks the returned text: the greedy answer, or the first sample of the largest cluster.
     """
 
-    n: int = 10
+    n: int = Field(10, ge=1)
     initial: int | None = None
-    stop_share: float = 1.0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int | None = None
+    stop_share: float = Field(1.0, gt=0, le=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, gt=0)
     equivalence: str = "normalized"
-    max_n: int = 32
-    answer: str = "greedy"
+    max_n: int = Field(32, gt=0)
+    answer: Literal["greedy", "largest_cluster"] = "greedy"
+
+    @field_validator("equivalence")
+    @classmethod
+    def _known_equivalence(cls, value: str) -> str:
+        from .uncertainty.equivalence import get_equivalence
+
+        get_equivalence(value)
+        return value
+
+    @model_validator(mode="after")
+    def _counts(self) -> "SamplesConfig":
+        if self.n > self.max_n:
+            raise ValueError(f"n = {self.n} is above the configured cap max_n = {self.max_n}")
+        if self.initial is not None and not 1 <= self.initial <= self.n:
+            raise ValueError(f"initial must be in [1, n = {self.n}], got {self.initial}")
+        return self
 
 
-def validate_samples(samples: SamplesConfig) -> None:
-    """Raise ``ValueError`` for an unusable sampling setup (n < 1, n over the cap, ...)."""
-    from .equivalence import get_equivalence
+class _TierBase(_Strict):
+    """What every tier has, wherever its model runs."""
 
-    if samples.n < 1:
-        raise ValueError(f"n must be >= 1, got {samples.n}")
-    if samples.n > samples.max_n:
-        raise ValueError(f"n = {samples.n} is above the configured cap max_n = {samples.max_n}")
-    if samples.initial is not None and not 1 <= samples.initial <= samples.n:
-        raise ValueError(f"initial must be in [1, n = {samples.n}], got {samples.initial}")
-    if not 0 < samples.stop_share <= 1:
-        raise ValueError(f"stop_share must be in (0, 1], got {samples.stop_share}")
-    if samples.temperature <= 0:
-        raise ValueError(f"temperature must be > 0 for sampling, got {samples.temperature}")
-    if samples.answer not in ANSWER_SOURCES:
-        raise ValueError(f"answer must be one of {', '.join(ANSWER_SOURCES)}, got {samples.answer!r}")
-    try:
-        get_equivalence(samples.equivalence)
-    except KeyError as err:
-        raise ValueError(err.args[0]) from None
-
-
-@dataclass(frozen=True)
-class TierConfig:
-    """One tier. ``memory_fraction`` is the GPU memory share of this engine;
-    ``kv_cache_mib`` sizes its KV cache on CPU (where a fraction of RAM is unusable);
-    ``cpu_threads_bind`` pins a multiprocess engine's OpenMP threads (e.g. ``"1"``,
-    ``"0-1"``; ``None`` gives each tier its own core in turn)."""
-
-    name: str
-    model: str
-    dtype: str = "bfloat16"
-    max_model_len: int = 2048
-    memory_fraction: float = 0.4
-    kv_cache_mib: int = 256
-    cost_per_token: float = 1.0
-    cpu_threads_bind: str | None = None
-    enforce_eager: bool = False
+    name: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    cost_per_token: float = Field(1.0, gt=0)
     threshold: float | None = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    sampling: SamplingConfig = SamplingConfig()
     samples: SamplesConfig | None = None
+    on_error: Literal["fail", "previous_answer"] = "fail"
+    """When this tier fails (after its retries): fail the request, or answer with the last
+    tier that did answer (the trace marks the failure)."""
 
-
-@dataclass(frozen=True)
-class CascadeConfig:
-    tiers: tuple[TierConfig, ...]
-    signal: str = "mean_logprob"
-    system_prompt: str | None = None
-    engine_mode: str = "inprocess"
-    artifact: str | None = None
-    source: str = "<memory>"
+    @field_validator("threshold")
+    @classmethod
+    def _not_nan(cls, value: float | None) -> float | None:
+        if value is not None and math.isnan(value):
+            raise ValueError("must not be NaN")
+        return value
 
     @property
-    def thresholds(self) -> tuple[float, ...]:
-        """Per non-final tier, from the config (empty entries when an artifact supplies them)."""
-        return tuple(t.threshold for t in self.tiers[:-1])  # type: ignore[misc]
+    def is_remote(self) -> bool:
+        return isinstance(self, RemoteTierConfig)
+
+
+class EngineTierConfig(_TierBase):
+    """A tier whose model runs in a vLLM engine owned by this process.
+
+    ``memory_fraction`` is the GPU memory share of this engine; ``kv_cache_mib`` sizes its
+    KV cache on CPU (where a fraction of RAM is unusable); ``cpu_threads_bind`` pins its
+    engine core's OpenMP threads (e.g. ``"1"``, ``"0-1"``; ``None`` splits the available
+    cores among the engines started together). The parallelism settings go straight to vLLM.
+    """
+
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
+    max_model_len: int = Field(2048, gt=0)
+    memory_fraction: float = Field(0.4, gt=0, le=1)
+    kv_cache_mib: int = Field(256, gt=0)
+    cpu_threads_bind: str | None = None
+    enforce_eager: bool = False
+    tensor_parallel_size: int = Field(1, gt=0)
+    pipeline_parallel_size: int = Field(1, gt=0)
+    distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = None
+
+
+class RemoteTierConfig(_TierBase):
+    """A tier served by an OpenAI-compatible vLLM server (``vllm serve``), e.g. a large model
+    on its own GPUs with tensor/pipeline parallelism.
+
+    ``model`` is the server's model id; ``api_key_env`` names the environment variable that
+    holds its API key; requests retry connection errors, timeouts, 429 and 5xx up to
+    ``max_retries`` times with capped exponential backoff; at most ``max_concurrency`` are
+    in flight. ``model_revision`` states the served weights (a revision or content hash):
+    it becomes part of the tier's identity for calibration artifacts.
+    """
+
+    endpoint: str = Field(pattern=r"^https?://")
+    api_key_env: str | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    max_concurrency: int = Field(64, gt=0)
+    model_revision: str | None = None
+
+
+def _tier_kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "remote" if "endpoint" in value else "engine"
+    return "remote" if isinstance(value, RemoteTierConfig) else "engine"
+
+
+TierConfig = Annotated[
+    Union[Annotated[EngineTierConfig, Tag("engine")], Annotated[RemoteTierConfig, Tag("remote")]],
+    Discriminator(_tier_kind),
+]
+
+
+class CascadeConfig(_Strict):
+    """Tiers in cost order, the confidence signal for hand-set thresholds, and optionally the
+    calibration artifact that supplies thresholds (and learned rules) instead."""
+
+    tiers: tuple[TierConfig, ...] = Field(min_length=1, strict=False)  # YAML gives a list
+    signal: str = "min_logprob"
+    system_prompt: str | None = None
+    artifact: str | None = None
+    _source: str = PrivateAttr("<memory>")
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, value: str) -> str:
+        from .uncertainty.signals import get_signal
+
+        get_signal(value)
+        return value
+
+    @property
+    def source(self) -> str:
+        """Where the config came from (a file path, or ``<embedded ...>`` / ``<memory>``)."""
+        return self._source
+
+    @property
+    def thresholds(self) -> tuple[float | None, ...]:
+        """Per non-final tier, from the config (``None`` when an artifact supplies them)."""
+        return tuple(t.threshold for t in self.tiers[:-1])
+
+    def tier(self, name: str) -> EngineTierConfig | RemoteTierConfig:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise ConfigError(f"{self.source}: no tier named {name!r}; tiers: {', '.join(t.name for t in self.tiers)}")
 
     def with_artifact(self, path: str | None) -> "CascadeConfig":
         """This config with its thresholds taken from ``path`` (``None``: unchanged)."""
         if path is None:
             return self
-        tiers = tuple(replace(t, threshold=None) for t in self.tiers)
-        return replace(self, tiers=tiers, artifact=path)
+        tiers = tuple(t.model_copy(update={"threshold": None}) for t in self.tiers)
+        return self.model_copy(update={"tiers": tiers, "artifact": str(path)})
 
 
-ENGINE_MODES = ("inprocess", "multiprocess")
-DTYPES = ("bfloat16", "float16", "float32", "auto")
+def _where(loc: tuple) -> str:
+    """``('tiers', 0, 'engine', 'threshold')`` → ``tiers[0].threshold`` (union tags dropped)."""
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif i == 2 and loc[0] == "tiers" and part in ("engine", "remote"):
+            continue
+        else:
+            out += f".{part}" if out else str(part)
+    return out
 
 
-class _Checker:
-    """Type checks that name ``file: path.to.field`` in every error."""
-
-    def __init__(self, source: str):
-        self.source = source
-
-    def fail(self, where: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {where}: {message}")
-
-    def mapping(self, value: Any, where: str, allowed: set[str]) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(where, f"expected a mapping, got {type(value).__name__}")
-        unknown = sorted(set(value) - allowed)
-        if unknown:
-            raise self.fail(f"{where}.{unknown[0]}" if where else unknown[0],
-                            f"unknown field; allowed: {', '.join(sorted(allowed))}")
-        return value
-
-    def typed(self, value: Any, where: str, kind: type) -> Any:
-        ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if not ok:
-            raise self.fail(where, f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
-        return value
-
-    def positive(self, value: Any, where: str, kind: type) -> Any:
-        value = self.typed(value, where, kind)
-        if value <= 0:
-            raise self.fail(where, f"must be > 0, got {value}")
-        return value
+def _message(error: dict) -> str:
+    kind, message = error["type"], error["msg"]
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "model_type" or kind == "dict_type":
+        return f"expected a mapping, got {type(error['input']).__name__}"
+    message = message.removeprefix("Value error, ")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        value = error["input"]
+        message += f" (got {type(value).__name__} {value!r})"
+    return message
 
 
-def _field_names(cls) -> set[str]:
-    return {f.name for f in fields(cls)}
+def _fail(source: str, where: str, message: str) -> ConfigError:
+    return ConfigError(f"{source}: {where}: {message}")
 
 
-def _parse_sampling(raw: Any, where: str, check: _Checker) -> SamplingConfig:
-    raw = check.mapping(raw, where, _field_names(SamplingConfig))
-    out = {}
-    for key, value in raw.items():
-        at = f"{where}.{key}"
-        if key in ("max_tokens", "logprobs"):
-            out[key] = check.positive(value, at, int)
-        elif key == "seed":
-            out[key] = check.typed(value, at, int)
-        elif key == "temperature":
-            out[key] = check.typed(value, at, float)
-            if out[key] < 0:
-                raise check.fail(at, f"must be >= 0, got {value}")
-        elif key == "top_p":
-            out[key] = check.typed(value, at, float)
-            if not 0 < out[key] <= 1:
-                raise check.fail(at, f"must be in (0, 1], got {value}")
-    return SamplingConfig(**out)
+def _check_cascade(config: CascadeConfig, source: str) -> None:
+    """Rules that span tiers: names, thresholds, signals that need samples."""
+    from .uncertainty.signals import SAMPLING_SIGNALS
 
-
-def _parse_samples(raw: Any, where: str, check: _Checker) -> SamplesConfig:
-    raw = check.mapping(raw, where, _field_names(SamplesConfig))
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        at = f"{where}.{key}"
-        if key in ("n", "max_n"):
-            out[key] = check.typed(value, at, int)
-        elif key in ("initial", "max_tokens"):
-            out[key] = None if value is None else check.typed(value, at, int)
-        elif key in ("stop_share", "temperature", "top_p"):
-            out[key] = check.typed(value, at, float)
-        elif key in ("equivalence", "answer"):
-            out[key] = check.typed(value, at, str)
-    samples = SamplesConfig(**out)
-    try:
-        validate_samples(samples)
-    except ValueError as err:
-        raise check.fail(where, str(err)) from None
-    return samples
-
-
-def _parse_tier(raw: Any, where: str, check: _Checker, is_last: bool, needs_threshold: bool) -> TierConfig:
-    raw = check.mapping(raw, where, _field_names(TierConfig))
-    for required in ("name", "model"):
-        if required not in raw:
-            raise check.fail(f"{where}.{required}", "required field is missing")
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        at = f"{where}.{key}"
-        if key in ("name", "model"):
-            out[key] = check.typed(value, at, str)
-            if not value.strip():
-                raise check.fail(at, "must not be empty")
-        elif key == "dtype":
-            if value not in DTYPES:
-                raise check.fail(at, f"expected one of {', '.join(DTYPES)}, got {value!r}")
-            out[key] = value
-        elif key in ("max_model_len", "kv_cache_mib"):
-            out[key] = check.positive(value, at, int)
-        elif key == "cost_per_token":
-            out[key] = check.positive(value, at, float)
-        elif key == "memory_fraction":
-            out[key] = check.positive(value, at, float)
-            if out[key] > 1:
-                raise check.fail(at, f"must be in (0, 1], got {value}")
-        elif key == "cpu_threads_bind":
-            out[key] = None if value is None else check.typed(value, at, str)
-        elif key == "enforce_eager":
-            out[key] = check.typed(value, at, bool)
-        elif key == "threshold":
-            if is_last:
-                raise check.fail(at, "the last tier always answers; remove its threshold")
-            out[key] = check.typed(value, at, float)
-            if math.isnan(out[key]):
-                raise check.fail(at, "must not be NaN")
-        elif key == "sampling":
-            out[key] = _parse_sampling(value, at, check)
-        elif key == "samples":
-            out[key] = None if value is None else _parse_samples(value, at, check)
-    if needs_threshold and not is_last and "threshold" not in out:
-        raise check.fail(f"{where}.threshold", "required for every tier but the last (or set 'artifact')")
-    if not needs_threshold and "threshold" in out:
-        raise check.fail(f"{where}.threshold", "thresholds come from the artifact; remove it or the artifact")
-    return TierConfig(**out)
+    last = len(config.tiers) - 1
+    names = [t.name for t in config.tiers]
+    if len(set(names)) != len(names):
+        raise _fail(source, "tiers", f"tier names must be unique, got {names}")
+    for i, tier in enumerate(config.tiers):
+        if i == last and tier.threshold is not None:
+            raise _fail(source, f"tiers[{i}].threshold", "the last tier always answers; remove its threshold")
+        if i < last and config.artifact is None and tier.threshold is None:
+            raise _fail(source, f"tiers[{i}].threshold", "required for every tier but the last (or set 'artifact')")
+        if config.artifact is not None and tier.threshold is not None:
+            raise _fail(source, f"tiers[{i}].threshold", "thresholds come from the artifact; remove it or the artifact")
+    if config.signal in SAMPLING_SIGNALS:
+        for i, tier in enumerate(config.tiers[:-1]):
+            if tier.samples is None:
+                raise _fail(source, f"tiers[{i}].samples",
+                            f"signal {config.signal!r} needs sampled answers; add a samples block")
 
 
 def parse_config(data: Any, source: str = "<memory>") -> CascadeConfig:
-    """Validate a parsed YAML document into a ``CascadeConfig``."""
-    check = _Checker(source)
-    top = _field_names(CascadeConfig) - {"source"}
-    data = check.mapping(data, "", top)
-    if "tiers" not in data:
-        raise check.fail("tiers", "required field is missing")
-    tiers_raw = data["tiers"]
-    if not isinstance(tiers_raw, list) or not tiers_raw:
-        raise check.fail("tiers", "expected a non-empty list of tiers")
+    """Validate a parsed YAML document into a ``CascadeConfig``; errors name ``source``."""
+    if not isinstance(data, dict):
+        raise _fail(source, "(top level)", f"expected a mapping, got {type(data).__name__}")
+    data = dict(data)
     artifact = data.get("artifact")
-    if artifact is not None:
-        check.typed(artifact, "artifact", str)
-        if not source.startswith("<") and not Path(artifact).is_absolute():
-            artifact = str(Path(source).parent / artifact)  # relative to the config file
-    tiers = tuple(
-        _parse_tier(t, f"tiers[{i}]", check, is_last=i == len(tiers_raw) - 1, needs_threshold=artifact is None)
-        for i, t in enumerate(tiers_raw)
-    )
-    names = [t.name for t in tiers]
-    if len(set(names)) != len(names):
-        raise check.fail("tiers", f"tier names must be unique, got {names}")
-    signal = check.typed(data.get("signal", "mean_logprob"), "signal", str)
+    if isinstance(artifact, str) and not source.startswith("<") and not Path(artifact).is_absolute():
+        data["artifact"] = str(Path(source).parent / artifact)  # relative to the config file
     try:
-        get_signal(signal)
-    except KeyError as err:
-        raise check.fail("signal", str(err.args[0])) from None
-    system_prompt = data.get("system_prompt")
-    if system_prompt is not None:
-        check.typed(system_prompt, "system_prompt", str)
-    mode = data.get("engine_mode", "inprocess")
-    if mode not in ENGINE_MODES:
-        raise check.fail("engine_mode", f"expected one of {', '.join(ENGINE_MODES)}, got {mode!r}")
-    from .signals import SAMPLING_SIGNALS
-
-    if signal in SAMPLING_SIGNALS:
-        for i, tier in enumerate(tiers[:-1]):
-            if tier.samples is None:
-                raise check.fail(f"tiers[{i}].samples", f"signal {signal!r} needs sampled answers; add a samples block")
-    return CascadeConfig(tiers=tiers, signal=signal, system_prompt=system_prompt, engine_mode=mode,
-                         artifact=artifact, source=source)
+        config = CascadeConfig.model_validate(data)
+    except ValidationError as err:
+        lines = [f"{source}: {_where(e['loc']) or '(top level)'}: {_message(e)}" for e in err.errors()]
+        raise ConfigError("\n".join(lines)) from None
+    config._source = source
+    _check_cascade(config, source)
+    return config
 
 
 def load_config(path: str | Path | None = None) -> CascadeConfig:
     """Load and validate a YAML config; ``None`` loads the embedded default cascade."""
     if path is None:
-        text = resources.files("engine").joinpath(DEFAULT_CONFIG_NAME).read_text()
-        return parse_config(yaml.safe_load(text), source=f"<embedded {DEFAULT_CONFIG_NAME}>")
+        text = resources.files(__package__).joinpath(DEFAULT_CONFIG_NAME).read_text()
+        source = str(resources.files(__package__).joinpath(DEFAULT_CONFIG_NAME))
+        return parse_config(yaml.safe_load(text), source=source)
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -323,7 +303,7 @@ def load_config(path: str | Path | None = None) -> CascadeConfig:
     return parse_config(data, source=str(path))
 
 
-def resolve_model(tier: TierConfig, source: str = "<memory>") -> str:
+def resolve_model(tier: EngineTierConfig, source: str = "<memory>") -> str:
     """Where vLLM loads ``tier.model`` from.
 
     A packaged model name resolves to its fetched folder (error if not fetched yet); a

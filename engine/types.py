@@ -20,13 +20,20 @@ class Request:
     Exactly one of ``prompt`` and ``messages`` is set. A ``prompt`` is sent as a single
     user turn through the model's chat template, unless ``raw`` is true, in which case it
     is sent as plain text (completion style). ``messages`` are OpenAI-style chat turns.
-    ``max_tokens`` overrides the tier's default when set.
+
+    Decoding overrides (``None``: the tier's configured value): ``max_tokens``,
+    ``temperature``, ``top_p``, ``stop``, ``seed``. A calibration certifies the tiers'
+    configured decoding; ``overrides_decoding`` tells when a request departs from it.
     """
 
     prompt: str | None = None
     messages: tuple[dict[str, str], ...] | None = None
     raw: bool = False
     max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] | None = None
+    seed: int | None = None
     id: str | None = None
 
     def __post_init__(self) -> None:
@@ -41,6 +48,22 @@ class Request:
                     raise ValueError("each message needs string 'role' and 'content'")
             if self.raw:
                 raise ValueError("'raw' applies to 'prompt' only")
+        if self.stop is not None:
+            object.__setattr__(self, "stop", tuple(self.stop))
+
+    @property
+    def text(self) -> str:
+        """What the user asked, as plain text: the prompt, or the user turns joined by newlines
+        (the input of request-level features such as the prompt embedding)."""
+        if self.prompt is not None:
+            return self.prompt
+        return "\n".join(m["content"] for m in self.messages if m["role"] == "user")  # type: ignore[union-attr]
+
+    @property
+    def overrides_decoding(self) -> bool:
+        """Does this request change sampling away from the calibrated decoding?
+        (``max_tokens`` only truncates, so it does not count.)"""
+        return any(v is not None for v in (self.temperature, self.top_p, self.stop, self.seed))
 
 
 @dataclass
@@ -55,18 +78,19 @@ class Sample:
     @property
     def mean_logprob(self) -> float:
         """Length-normalized sequence log-likelihood (0.0 for a zero-token sample)."""
-        return self.cumulative_logprob / len(self.token_ids) if self.token_ids else 0.0
+        return self.cumulative_logprob / len(self.token_logprobs) if self.token_logprobs else 0.0
 
 
 @dataclass
 class TierResult:
     """What one tier produced for one request (greedy answer).
 
-    ``token_logprobs[i]`` is the log-probability of the chosen token ``token_ids[i]``;
-    ``top_logprobs[i]`` lists the k most likely ``(token_id, logprob)`` pairs at position
-    i, most likely first (k = the tier's ``logprobs`` setting). Log-probabilities are the
-    model's raw ones (before temperature / top-p). ``seconds`` is the wall time of the
-    batch this request was generated in.
+    ``token_logprobs[i]`` is the log-probability of the i-th chosen token (text
+    ``tokens[i]``, id ``token_ids[i]``; remote tiers report no ids); ``top_logprobs[i]``
+    lists the k most likely ``(token, logprob)`` pairs at position i, most likely first
+    (k = the tier's ``logprobs`` setting). Log-probabilities are the model's raw ones
+    (before temperature / top-p). ``seconds`` is the wall time from submitting the request
+    to this tier until its answer was complete.
 
     When the tier samples (semantic entropy), ``samples`` holds the N sampled answers,
     ``clusters`` their cluster ids, shape (N,), and ``greedy_cluster`` the cluster the greedy
@@ -76,45 +100,78 @@ class TierResult:
     text: str
     token_ids: list[int]
     token_logprobs: list[float]
-    top_logprobs: list[list[tuple[int, float]]]
+    top_logprobs: list[list[tuple[Any, float]]]
     cumulative_logprob: float
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    tokens: list[str] = field(default_factory=list)
+    render_seconds: float = 0.0
     samples: list[Sample] = field(default_factory=list)
     clusters: list[int] = field(default_factory=list)
     greedy_cluster: int | None = None
 
+    @property
+    def sampled_tokens(self) -> int:
+        """Tokens generated for the samples (the sampling cost beyond the greedy answer)."""
+        return sum(len(s.token_logprobs) for s in self.samples)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TierResult":
+        """Inverse of ``dataclasses.asdict`` (cached results, JSON round trips)."""
+        samples = [Sample(**s) for s in data.get("samples", [])]
+        top = [[tuple(p) for p in position] for position in data["top_logprobs"]]
+        return cls(**{**data, "samples": samples, "top_logprobs": top})
+
+
+DECISIONS = ("accept", "escalate", "final", "skip", "error")
+"""``accept``: a non-final tier keeps its answer; ``escalate``: its score is below the
+threshold; ``final``: the last tier allowed answers; ``skip``: the pre-generation score sent
+the request past this tier without generating; ``error``: the tier failed and the config
+let the cascade answer with an earlier tier."""
+
 
 @dataclass
 class TraceStep:
-    """One tier's turn for one request: ``decision`` is ``accept``, ``escalate`` or ``final``."""
+    """One tier's turn for one request; ``decision`` is one of ``DECISIONS``.
+
+    ``score`` is the tier's rule score (``None`` for a tier without a rule: the last one);
+    ``seconds`` is the wall time the request spent at this tier (0 for a skip);
+    ``detail`` carries an error message or the skip rule's name.
+    """
 
     tier: str
-    score: float
+    score: float | None
     threshold: float | None
     decision: str
     prompt_tokens: int
     completion_tokens: int
     seconds: float
+    detail: str | None = None
 
 
 @dataclass
 class Answer:
-    """The cascade's answer to one request: the accepted tier's text plus the full trace."""
+    """The cascade's answer to one request: the answering tier's result plus the full trace."""
 
     text: str
     tier: str
     tier_index: int
-    score: float
+    score: float | None
     finish_reason: str | None
     trace: list[TraceStep] = field(default_factory=list)
     id: str | None = None
+    result: TierResult | None = field(default=None, repr=False, compare=False)
+    """The answering tier's full result (tokens and logprobs), for API responses."""
 
     @property
     def escalated(self) -> bool:
+        """Did a tier other than the first one answer (by escalation or skip)?"""
         return self.tier_index > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready: the answer and its trace (without the token-level result)."""
+        data = asdict(self)
+        data.pop("result")
+        return data

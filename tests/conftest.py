@@ -1,7 +1,8 @@
 """Shared fixtures: tiny locally generated models and real vLLM engines, built once per session.
 
-Engines are never torn down before the process exits (DESIGN.md: deleting one in-process
-engine breaks the others), so every engine fixture is session-scoped.
+Every engine is vLLM's ``AsyncLLM`` (its engine core in a child process) on this process's
+runtime loop; engine fixtures are session-scoped (start-up costs ~20 s per engine) and are
+shut down at exit. Synchronous tests drive them with ``vcascade.engine.runtime.run``.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import model_store
-from engine.config import SamplingConfig, TierConfig
+from vcascade.engine import model_store
+from vcascade.engine.config import parse_config
+from vcascade.engine.runtime import run
 
 TOKENIZER_SOURCE = "smollm2-135m-instruct"  # real tokenizer + chat template for the tiny models
 
@@ -48,52 +50,54 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     return {"tiny-a": make_tiny_model(root / "tiny-a", 2, seed=1), "tiny-b": make_tiny_model(root / "tiny-b", 3, seed=2)}
 
 
-def tiny_tier_config(name: str, model: Path, **sampling) -> TierConfig:
-    return TierConfig(name=name, model=str(model), dtype="bfloat16", max_model_len=512, kv_cache_mib=32,
-                      enforce_eager=True, sampling=SamplingConfig(max_tokens=12, logprobs=5, **sampling))
+def tiny_tier_dict(name: str, model: Path, **extra) -> dict:
+    """A tier of a tiny model as a config mapping (the YAML form)."""
+    sampling = {"max_tokens": 12, "logprobs": 5, **extra.pop("sampling", {})}
+    return {"name": name, "model": str(model), "max_model_len": 512, "kv_cache_mib": 32, "enforce_eager": True,
+            "sampling": sampling, **extra}
+
+
+def tiny_config(tiny_models, threshold: float = -1.0, **top):
+    """The two tiny models as a two-tier cascade config (hand threshold on mean_logprob)."""
+    tiers = [tiny_tier_dict(n, p) for n, p in tiny_models.items()]
+    tiers[0]["threshold"] = threshold
+    return parse_config({"signal": "mean_logprob", "tiers": tiers, **top})
 
 
 @pytest.fixture(scope="session")
 def tiny_tiers(tiny_models):
-    """Two real vLLM engines in this process, one per tiny model."""
-    from engine.vllm_tier import VLLMTier
+    """Two real vLLM engines, one per tiny model, each on its own core."""
+    from vcascade.engine.tiers import build_tiers
 
-    return [VLLMTier(tiny_tier_config(n, p), str(p), tier_index=i, warmup_batch=2)
-            for i, (n, p) in enumerate(tiny_models.items())]
-
-
-def _real_tier(name: str, **overrides):
-    from engine.vllm_tier import VLLMTier
-
-    if not model_store.is_fetched(name):
-        pytest.fail(f"{name} is not fetched; run `make setup` (vcascade models fetch)")
-    config = TierConfig(name=name, model=name, max_model_len=1024, kv_cache_mib=64, enforce_eager=True,
-                        sampling=SamplingConfig(max_tokens=24, logprobs=5), **overrides)
-    return VLLMTier(config, str(model_store.model_dir(name)), warmup_batch=1)
+    return run(build_tiers(tiny_config(tiny_models), warmup_batch=2))
 
 
 @pytest.fixture(scope="session")
 def smollm_tier():
-    return _real_tier("smollm2-135m-instruct")
+    from vcascade.engine.tiers import build_tiers
+
+    name = "smollm2-135m-instruct"
+    if not model_store.is_fetched(name):
+        pytest.fail(f"{name} is not fetched; run `make setup` (vcascade models fetch)")
+    config = parse_config({"tiers": [{"name": name, "model": name, "max_model_len": 1024, "kv_cache_mib": 64,
+                                      "enforce_eager": True, "sampling": {"max_tokens": 24, "logprobs": 5}}]})
+    return run(build_tiers(config, warmup_batch=1))[0]
 
 
 @pytest.fixture(scope="session")
 def default_cascade():
-    """The embedded default cascade (Qwen2.5-Coder 0.5B -> 1.5B) on real engines."""
-    from engine.config import load_config
-    from engine.vllm_tier import build_cascade
+    """The embedded default cascade (Qwen2.5-Coder 0.5B -> 1.5B) with its committed artifact."""
+    from vcascade.engine.config import load_config
+    from vcascade.engine.factory import build_cascade
 
-    return build_cascade(load_config(), warmup_batch=1)
+    return run(build_cascade(load_config(), warmup_batch=1))
 
 
 @pytest.fixture(scope="session")
 def tiny_sampling_tier(tiny_models):
     """A tiny-model tier that draws up to 6 samples adaptively (2 first) at temperature 1."""
-    from dataclasses import replace
+    from vcascade.engine.tiers import build_tiers
 
-    from engine.config import SamplesConfig
-    from engine.vllm_tier import VLLMTier
-
-    config = replace(tiny_tier_config("tiny-sampler", tiny_models["tiny-a"]),
-                     samples=SamplesConfig(n=6, initial=2, temperature=1.0, max_tokens=6))
-    return VLLMTier(config, str(tiny_models["tiny-a"]), warmup_batch=2)
+    tier = tiny_tier_dict("tiny-sampler", tiny_models["tiny-a"],
+                          samples={"n": 6, "initial": 2, "temperature": 1.0, "max_tokens": 6})
+    return run(build_tiers(parse_config({"tiers": [tier]}), warmup_batch=2))[0]

@@ -1,10 +1,21 @@
-"""A scripted fake tier for unit-testing the cascade controller without vLLM."""
+"""A scripted fake backend for unit-testing the cascade controller without vLLM.
+
+``ScriptedBackend`` answers each prompt with a scripted (text, per-token logprobs) and
+records every request it receives; ``scripted_tier`` wraps it in the real ``Tier`` so the
+controller runs exactly the code it runs over vLLM.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Sequence
 
-from engine.types import Request, TierResult
+from vcascade.engine.config import EngineTierConfig, SamplingConfig
+from vcascade.engine.errors import TierUnavailableError
+from vcascade.engine.tiers import Chunk, Tier
+from vcascade.engine.types import Request, Sample, TierResult
+
+SECOND = -4.605170  # ln 0.01: the runner-up token at every position
 
 
 def result_with_logprobs(text: str, logprobs: Sequence[float], seconds: float = 0.5) -> TierResult:
@@ -13,25 +24,55 @@ def result_with_logprobs(text: str, logprobs: Sequence[float], seconds: float = 
         text=text,
         token_ids=list(range(len(logprobs))),
         token_logprobs=list(logprobs),
-        top_logprobs=[[(i, lp), (10_000 + i, -4.605170)] for i, lp in enumerate(logprobs)],
+        top_logprobs=[[(f"t{i}", lp), (f"alt{i}", SECOND)] for i, lp in enumerate(logprobs)],
         cumulative_logprob=float(sum(logprobs)),
         finish_reason="stop",
         prompt_tokens=7,
         completion_tokens=len(logprobs),
         seconds=seconds,
+        tokens=[f"t{i}" for i in range(len(logprobs))],
     )
 
 
-class ScriptedTier:
-    """Answers each prompt with a scripted (text, per-token logprobs); records every batch."""
+class ScriptedBackend:
+    """Streams each scripted answer one token per chunk after ``delay`` seconds; ``fail``
+    makes every request raise ``TierUnavailableError``."""
 
-    def __init__(self, name: str, script: dict[str, tuple[str, Sequence[float]]], seconds: float = 0.5):
-        self.name = name
-        self.script = script
-        self.seconds = seconds
-        self.batches: list[list[str]] = []
+    def __init__(self, name: str, script: dict[str, tuple[str, Sequence[float]]], delay: float = 0.0,
+                 fail: bool = False):
+        self.name, self.script, self.delay, self.fail = name, script, delay, fail
+        self.max_model_len = 512
+        self.received: list[str] = []
 
-    def generate(self, requests: Sequence[Request]) -> list[TierResult]:
-        prompts = [r.prompt for r in requests]
-        self.batches.append(prompts)
-        return [result_with_logprobs(*self.script[p], seconds=self.seconds) for p in prompts]
+    async def stream(self, request: Request, decoding):
+        self.received.append(request.prompt)
+        if self.fail:
+            raise TierUnavailableError(f"tier {self.name} is down", tier=self.name)
+        await asyncio.sleep(self.delay)
+        text, logprobs = self.script[request.prompt]
+        pieces = [text[: len(text) // 2], text[len(text) // 2 :]] if len(logprobs) == 2 else [text] + [""] * (
+            len(logprobs) - 1)
+        for i, lp in enumerate(logprobs):
+            yield Chunk(text=pieces[i] if i < len(pieces) else "", token_ids=[i], tokens=[f"t{i}"],
+                        token_logprobs=[lp], top_logprobs=[[(f"t{i}", lp), (f"alt{i}", SECOND)]],
+                        finish_reason="stop" if i == len(logprobs) - 1 else None,
+                        prompt_tokens=7 if i == 0 else None)
+
+    async def sample(self, request: Request, decoding, n: int) -> list[Sample]:
+        text, logprobs = self.script[request.prompt]
+        return [Sample(text, list(range(len(logprobs))), list(logprobs), float(sum(logprobs)))] * n
+
+    def identity(self):
+        return {"backend": "scripted"}
+
+    def check_health(self):
+        pass
+
+    async def shutdown(self):
+        pass
+
+
+def scripted_tier(name: str, script: dict[str, tuple[str, Sequence[float]]], delay: float = 0.0, fail: bool = False,
+                  **config) -> Tier:
+    tier_config = EngineTierConfig(name=name, model=f"/models/{name}", sampling=SamplingConfig(max_tokens=8), **config)
+    return Tier(tier_config, ScriptedBackend(name, script, delay, fail))

@@ -1,16 +1,16 @@
 """The vcascade CLI: clear errors for bad input, and run/ask over real engines."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from engine import cli
-from engine.cascade import Cascade
-from engine.policy import Policy
+from vcascade.engine import cli
+from vcascade.engine.cascade import Cascade
+from vcascade.engine.policy import Policy
+from tests.conftest import tiny_tier_dict
 
 
 def run_cli(capsys, *argv):
@@ -42,7 +42,7 @@ def test_malformed_yaml(tmp_path, capsys):
 def test_threshold_of_wrong_type(tmp_path, capsys):
     config = write_config(tmp_path, [{"name": "a", "model": "x", "threshold": "0.5"}, {"name": "b", "model": "y"}])
     code, _, err = run_cli(capsys, "ask", "--config", str(config), "hi")
-    assert code == 2 and f"{config}: tiers[0].threshold: expected float, got str" in err
+    assert code == 2 and f"{config}: tiers[0].threshold: Input should be a valid number (got str '0.5')" in err
 
 
 def test_empty_input_file(tmp_path, capsys):
@@ -71,15 +71,22 @@ class CountingCascade(Cascade):
         super().__init__(tiers, policy)
         self.seen: list[str] = []
 
-    def run(self, requests):
-        self.seen += [r.id for r in requests]
-        return super().run(requests)
+    async def answer(self, request, first=0, last=None):
+        self.seen.append(request.id)
+        return await super().answer(request, first, last)
+
+
+def test_verbose_flag_is_accepted_anywhere_and_bad_artifact_is_refused(tmp_path, capsys):
+    bad = tmp_path / "a.json"
+    bad.write_text("{not json")
+    code, _, err = run_cli(capsys, "--verbose", "ask", "--artifact", str(bad), "hi")
+    assert code == 2 and f"{bad}: not valid JSON" in err
 
 
 @pytest.mark.engine
 def test_run_resumes_without_regenerating(tiny_tiers, tmp_path, capsys, monkeypatch):
-    cascade = CountingCascade(tiny_tiers, Policy("mean_logprob", (-0.5,)))
-    monkeypatch.setattr(cli, "_build", lambda args: cascade)
+    cascade = CountingCascade(tiny_tiers, Policy.from_signal("mean_logprob", (-0.5,)))
+    monkeypatch.setattr(cli, "open_cascade", lambda args: cascade)
     lines = [json.dumps({"id": f"q{i}", "prompt": f"Question number {i}?"}) for i in range(5)]
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_text("\n".join(lines[:3]) + "\n")
@@ -89,7 +96,7 @@ def test_run_resumes_without_regenerating(tiny_tiers, tmp_path, capsys, monkeypa
     inp.write_text("\n".join(lines) + "\n")
     code, _, err = run_cli(capsys, "run", "--input", str(inp), "--output", str(out))
     assert code == 0 and "resuming: 3 of 5" in err
-    assert cascade.seen == ["q0", "q1", "q2", "q3", "q4"]
+    assert sorted(cascade.seen) == ["q0", "q1", "q2", "q3", "q4"]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["q0", "q1", "q2", "q3", "q4"]
     for row in rows:
@@ -99,7 +106,7 @@ def test_run_resumes_without_regenerating(tiny_tiers, tmp_path, capsys, monkeypa
 
 @pytest.mark.engine
 def test_ask_prints_answer_and_trace(tiny_tiers, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_build", lambda args: Cascade(tiny_tiers, Policy("mean_logprob", (0.0,))))
+    monkeypatch.setattr(cli, "open_cascade", lambda args: Cascade(tiny_tiers, Policy.from_signal("mean_logprob", (0.0,))))
     code, out, _ = run_cli(capsys, "ask", "--json", "Hello?")
     answer = json.loads(out)
     assert code == 0 and answer["tier"] == "tiny-b"  # mean logprob < 0 always escalates
@@ -108,18 +115,17 @@ def test_ask_prints_answer_and_trace(tiny_tiers, capsys, monkeypatch):
 
 @pytest.mark.engine
 def test_run_command_end_to_end_in_a_fresh_process(tiny_models, tmp_path):
-    tiers = [{"name": n, "model": str(p), "max_model_len": 512, "kv_cache_mib": 32, "enforce_eager": True,
-              "sampling": {"max_tokens": 8}} for n, p in tiny_models.items()]
+    tiers = [tiny_tier_dict(n, p, sampling={"max_tokens": 8}) for n, p in tiny_models.items()]
     tiers[0]["threshold"] = -1.0
     config = write_config(tmp_path, tiers)
     inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     inp.write_text("".join(json.dumps({"id": i, "prompt": f"Tell me about {w}."}) + "\n"
                            for i, w in enumerate(["cats", "rivers", "stars", "bread"])))
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", "--config", str(config), "--input", str(inp),
-                           "--output", str(out)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    proc = subprocess.run([sys.executable, "-m", "vcascade.engine.cli", "run", "--config", str(config), "--input",
+                           str(inp), "--output", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["0", "1", "2", "3"]
     assert all(r["text"] and r["trace"][0]["threshold"] == -1.0 for r in rows)
     assert "4 requests" in proc.stderr and "tiny-a" in proc.stderr
+    assert "Loading safetensors" not in proc.stderr and "WARNING" not in proc.stderr  # load logs only with --verbose

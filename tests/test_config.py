@@ -5,7 +5,7 @@ import math
 import pytest
 import yaml
 
-from engine.config import ConfigError, load_config, parse_config, resolve_model
+from vcascade.engine.config import ConfigError, load_config, parse_config, resolve_model
 
 TWO_TIERS = """
 signal: min_logprob
@@ -27,34 +27,43 @@ def test_valid_config_parses_with_defaults(tmp_path):
     assert config.signal == "min_logprob" and config.thresholds == (-0.4,)
     assert small.cost_per_token == 1.0 and isinstance(small.cost_per_token, float)
     assert large.sampling.max_tokens == 16 and large.sampling.temperature == 0.7 and large.sampling.logprobs == 5
-    assert large.threshold is None and config.engine_mode == "inprocess"
+    assert large.threshold is None and not large.is_remote and config.artifact is None
 
 
-def test_embedded_default_is_the_qwen_cascade():
+def test_embedded_default_is_the_qwen_cascade_with_its_artifact():
     config = load_config()
     assert [t.model for t in config.tiers] == ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
     assert config.tiers[0].cost_per_token < config.tiers[1].cost_per_token
-    assert len(config.thresholds) == 1
+    assert config.thresholds == (None,) and config.artifact.endswith("engine/default_cascade.artifact.json")
+    from pathlib import Path
+
+    assert Path(config.artifact).is_file()  # the default ships with its calibration
 
 
 @pytest.mark.parametrize(
     "mutate, field, message",
     [
-        (lambda d: d["tiers"][0].update(threshold="high"), "tiers[0].threshold", "expected float, got str"),
-        (lambda d: d["tiers"][0].update(threshold=True), "tiers[0].threshold", "expected float, got bool"),
+        (lambda d: d["tiers"][0].update(threshold="high"), "tiers[0].threshold", "valid number (got str 'high')"),
+        (lambda d: d["tiers"][0].update(threshold=True), "tiers[0].threshold", "valid number (got bool True)"),
         (lambda d: d["tiers"][1].update(threshold=0.1), "tiers[1].threshold", "last tier always answers"),
         (lambda d: d["tiers"][0].pop("threshold"), "tiers[0].threshold", "required"),
         (lambda d: d["tiers"][0].pop("model"), "tiers[0].model", "required"),
-        (lambda d: d["tiers"][0].update(cost_per_token=-1), "tiers[0].cost_per_token", "must be > 0"),
-        (lambda d: d["tiers"][0].update(max_model_len="big"), "tiers[0].max_model_len", "expected int"),
-        (lambda d: d["tiers"][0].update(memory_fraction=1.5), "tiers[0].memory_fraction", "in (0, 1]"),
-        (lambda d: d["tiers"][0].update(dtype="int3"), "tiers[0].dtype", "expected one of"),
+        (lambda d: d["tiers"][0].update(cost_per_token=-1), "tiers[0].cost_per_token", "greater than 0"),
+        (lambda d: d["tiers"][0].update(max_model_len="big"), "tiers[0].max_model_len", "valid integer"),
+        (lambda d: d["tiers"][0].update(memory_fraction=1.5), "tiers[0].memory_fraction", "less than or equal to 1"),
+        (lambda d: d["tiers"][0].update(dtype="int3"), "tiers[0].dtype", "'bfloat16', 'float16', 'float32' or 'auto'"),
         (lambda d: d["tiers"][0].update(temprature=0.5), "tiers[0].temprature", "unknown field"),
-        (lambda d: d["tiers"][1]["sampling"].update(top_p=0), "tiers[1].sampling.top_p", "in (0, 1]"),
-        (lambda d: d["tiers"][1]["sampling"].update(max_tokens=0), "tiers[1].sampling.max_tokens", "> 0"),
+        (lambda d: d["tiers"][1]["sampling"].update(top_p=0), "tiers[1].sampling.top_p", "greater than 0"),
+        (lambda d: d["tiers"][1]["sampling"].update(max_tokens=0), "tiers[1].sampling.max_tokens", "greater than 0"),
         (lambda d: d.update(signal="vibes"), "signal", "unknown signal"),
-        (lambda d: d.update(engine_mode="threads"), "engine_mode", "expected one of"),
-        (lambda d: d.update(tiers=[]), "tiers", "non-empty list"),
+        (lambda d: d.update(engine_mode="threads"), "engine_mode", "unknown field"),
+        (lambda d: d.update(tiers=[]), "tiers", "at least 1 item"),
+        (lambda d: d["tiers"][1].update(endpoint="ftp://x"), "tiers[1].endpoint", "should match pattern"),
+        (lambda d: d["tiers"][1].update(endpoint="http://h:8000/v1", kv_cache_mib=3), "tiers[1].kv_cache_mib",
+         "unknown field"),
+        (lambda d: d["tiers"][0].update(samples={"n": 40}), "tiers[0].samples", "above the configured cap"),
+        (lambda d: d["tiers"][0].update(samples={"equivalence": "vibes"}), "tiers[0].samples.equivalence",
+         "unknown equivalence"),
         (lambda d: d["tiers"][1].update(name="small"), "tiers", "unique"),
     ],
 )
@@ -82,6 +91,27 @@ def test_missing_config_file(tmp_path):
 def test_top_level_must_be_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="expected a mapping, got list"):
         load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_remote_tier_form_and_parallelism_settings():
+    data = yaml.safe_load(TWO_TIERS)
+    data["tiers"][0].update(tensor_parallel_size=2, distributed_executor_backend="ray")
+    data["tiers"][1].update(endpoint="http://gpu-box:8000/v1", api_key_env="GPU_KEY", max_retries=5,
+                            model_revision="sha256:abc", on_error="previous_answer")
+    small, large = parse_config(data).tiers
+    assert not small.is_remote and small.tensor_parallel_size == 2 and small.distributed_executor_backend == "ray"
+    assert large.is_remote and large.endpoint == "http://gpu-box:8000/v1" and large.max_retries == 5
+    assert large.timeout_s == 60.0 and large.max_concurrency == 64 and large.on_error == "previous_answer"
+
+
+def test_every_error_is_reported_at_once(tmp_path):
+    data = yaml.safe_load(TWO_TIERS)
+    data["tiers"][0].update(threshold="x", cost_per_token=0)
+    path = write(tmp_path, yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"{path}: tiers[0].") for line in lines)
 
 
 def test_infinite_threshold_is_allowed():

@@ -4,24 +4,45 @@ import json
 
 import pytest
 
-from calibration.datasets import DatasetError, load_dataset, load_jsonl, split
-from calibration.scoring import is_correct
+from vcascade.calibration.datasets import DatasetError, load_dataset, load_jsonl, split
+from vcascade.calibration.scoring import is_correct
 
 
 @pytest.mark.parametrize("name, size, kind", [
-    ("trivia_qa", 7993, "exact"), ("nq_open", 3610, "exact"), ("arc_easy", 570, "choice"),
-    ("arc_challenge", 299, "choice"), ("boolq", 3270, "exact"), ("sciq", 1000, "choice"),
+    ("trivia_qa", 7993, "exact"), ("nq_open", 3610, "exact"), ("arc_easy", 570 + 2376, "choice"),
+    ("arc_challenge", 299 + 1172, "choice"), ("boolq", 3270, "exact"), ("sciq", 1000, "choice"),
     ("gsm8k", 1319, "numeric"), ("mmlu", 1531, "choice"),
 ])
 def test_builtin_datasets_load_with_their_answer_kind(name, size, kind):
     items = load_dataset(name)
     assert len(items) == size and len({i.id for i in items}) == size
-    assert all(i.kind == kind and i.answers and i.prompt for i in items[:50])
+    assert all(i.kind == kind and i.answers and i.prompt and i.source == name for i in items[:50] + items[-50:])
     if kind == "choice":
         first = items[0]
         assert first.answers[0] in "ABCDE" and f"{first.answers[0]}. {first.options['ABCDE'.index(first.answers[0])]}" \
             in first.prompt
         assert is_correct(first.answers[0], first.answers, kind, first.options)
+
+
+def test_mixed_workload_takes_equal_shares_of_every_set_shuffled():
+    from collections import Counter
+
+    from vcascade.calibration.datasets import SOURCES
+
+    items = load_dataset("mixed")
+    counts = Counter(i.source for i in items)
+    assert set(counts) == set(SOURCES) and set(counts.values()) == {1000} and len({i.id for i in items}) == 8000
+    first = [i.source for i in items[:40]]
+    assert len(set(first)) >= 5  # shuffled, not one set after another
+    assert [i.id for i in load_dataset("mixed", 100)] == [i.id for i in items[:100]]  # deterministic
+
+
+def test_gsm8k_asks_for_the_final_number_and_arc_test_items_parse():
+    g = load_dataset("gsm8k", 3)
+    assert all(i.prompt.endswith("Answer with the final number only.") for i in g) and g[0].answers == ("18",)
+    test_items = [i for i in load_dataset("arc_challenge") if not i.id.startswith("Mercury")][-5:]
+    for item in test_items:
+        assert not item.prompt.startswith("Question:") and "\nA. " in item.prompt and item.answers[0] in "ABCDE"
 
 
 def test_first_n_and_deterministic_splits():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.jsonl import InputFileError, done_ids, read_requests
+from vcascade.engine.jsonl import InputFileError, done_ids, read_requests
 
 
 def write(tmp_path, text):

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from calibration.metrics import auroc
+from vcascade.calibration.metrics import auroc
 
 
 def test_auroc_hand_computed():

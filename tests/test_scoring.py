@@ -2,7 +2,7 @@
 
 import pytest
 
-from calibration.scoring import choice_letter, is_correct, normalize, parse_number
+from vcascade.calibration.scoring import choice_letter, is_correct, normalize, parse_number
 
 
 def test_normalize_squad_style():

@@ -5,11 +5,13 @@ import math
 import numpy as np
 import pytest
 
-from engine.config import SamplesConfig, validate_samples
-from engine.equivalence import cluster, get_equivalence
-from engine.sampling import assign_clusters, is_decisive, largest_cluster_text
-from engine.signals import get_signal
-from engine.types import Sample, TierResult
+from pydantic import ValidationError
+
+from vcascade.engine.config import SamplesConfig
+from vcascade.engine.uncertainty.equivalence import cluster, get_equivalence
+from vcascade.engine.uncertainty.sampling import assign_clusters, is_decisive, largest_cluster_text
+from vcascade.engine.uncertainty.signals import get_signal
+from vcascade.engine.types import Sample, TierResult
 
 
 def result(greedy: str, samples: list[tuple[str, float]]) -> TierResult:
@@ -106,21 +108,21 @@ def test_semantic_signal_without_samples_is_an_error():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"n": 0}, "n must be >= 1"),
+        ({"n": 0}, "greater than or equal to 1"),
         ({"n": 40, "max_n": 32}, "above the configured cap max_n = 32"),
         ({"n": 5, "initial": 6}, "initial must be in [1, n = 5]"),
         ({"equivalence": "nli"}, "unknown equivalence 'nli'"),
-        ({"temperature": 0.0}, "temperature must be > 0"),
-        ({"answer": "vote"}, "answer must be one of"),
+        ({"temperature": 0.0}, "greater than 0"),
+        ({"answer": "vote"}, "'greedy' or 'largest_cluster'"),
     ],
 )
 def test_bad_sampling_setups_are_rejected(kwargs, message):
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        validate_samples(SamplesConfig(**kwargs))
+    with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        SamplesConfig(**kwargs)
 
 
 def test_config_errors_name_the_samples_block():
-    from engine.config import ConfigError, parse_config
+    from vcascade.engine.config import ConfigError, parse_config
 
     tiers = [{"name": "a", "model": "x", "threshold": 0.0, "samples": {"n": 64}}, {"name": "b", "model": "y"}]
     with pytest.raises(ConfigError, match=r"tiers\[0\].samples: n = 64 is above the configured cap"):

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from engine.signals import get_signal, signal_names
-from engine.types import TierResult
+from vcascade.engine.uncertainty.signals import get_signal, signal_names
+from vcascade.engine.types import TierResult
 
 
 def make(token_logprobs, top=None):
@@ -81,3 +81,18 @@ def test_unknown_signal_names_are_rejected(bad):
 
 def test_registry_lists_names():
     assert "mean_logprob" in signal_names() and "quantile:<q>" in signal_names()
+
+
+def test_vllm_semantic_router_scores_follow_its_published_normalization():
+    from tests.fakes import result_with_logprobs
+
+    # mean logprob -0.75 → (−0.75 + 3) / 3 = 0.75; below −3 clamps to 0
+    r = result_with_logprobs("ok", [-0.5, -1.0])
+    assert get_signal("vsr:avg_logprob")(r) == pytest.approx(0.75)
+    assert get_signal("vsr:avg_logprob")(result_with_logprobs("x", [-5.0])) == 0.0
+    # margins: top-1 minus top-2 logprob, top-2 is ln 0.01 in the fake: m = lp + 4.60517 per token
+    m = np.mean([-0.5 + 4.605170, -1.0 + 4.605170])
+    assert get_signal("vsr:margin")(r) == pytest.approx(1 - math.exp(-m / 3))
+    assert get_signal("vsr:hybrid")(r) == pytest.approx(0.5 * 0.75 + 0.5 * (1 - math.exp(-m / 3)))
+    for name in ("vsr:avg_logprob", "vsr:margin", "vsr:hybrid"):
+        assert get_signal(name)(result_with_logprobs("", [])) == -math.inf

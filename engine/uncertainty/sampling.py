@@ -1,6 +1,6 @@
 """Clustering a tier's sampled answers and the adaptive-sampling stopping rule.
 
-Pure functions over ``TierResult``s (no vLLM), used by ``VLLMTier`` after each sampling
+Pure functions over ``TierResult``s (no vLLM), used by every tier after each sampling
 round and unit-tested with crafted samples.
 """
 
@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .equivalence import Equivalence, cluster
-from .types import TierResult
+from ..types import TierResult
 
 
 def assign_clusters(results: Sequence[TierResult], equivalence: Equivalence) -> None:

