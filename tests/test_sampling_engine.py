@@ -3,15 +3,16 @@
 import numpy as np
 import pytest
 
-from vcascade.engine.uncertainty.signals import get_signal
+from vcascade.engine.runtime import run
 from vcascade.engine.types import Request
+from vcascade.engine.uncertainty.signals import get_signal
 
 pytestmark = pytest.mark.engine
 
 
 def test_samples_come_back_diverse_with_loglikelihoods(tiny_sampling_tier):
     requests = [Request(prompt=p) for p in ["Tell me a story.", "What is two plus two?", "Name a city."]]
-    results = tiny_sampling_tier.generate(requests)
+    results = run(tiny_sampling_tier.generate_many(requests))
     for r in results:
         assert len(r.samples) in (2, 6)  # adaptive: 2 when decisive, else all 6
         assert len(r.clusters) == len(r.samples)
@@ -30,6 +31,6 @@ def test_samples_come_back_diverse_with_loglikelihoods(tiny_sampling_tier):
 
 def test_greedy_answer_is_unchanged_by_sampling(tiny_sampling_tier, tiny_tiers):
     request = Request(prompt="Name a colour.")
-    sampled = tiny_sampling_tier.generate([request])[0]
-    plain = tiny_tiers[0].generate([request])[0]  # same model, no samples
+    sampled = run(tiny_sampling_tier.generate(request))
+    plain = run(tiny_tiers[0].generate(request))  # same model, no samples
     assert sampled.token_ids == plain.token_ids

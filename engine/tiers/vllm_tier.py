@@ -13,7 +13,9 @@ logger and are kept in ``EngineStats`` for the server's metrics.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import importlib.metadata
 import os
@@ -264,16 +266,35 @@ class VLLMBackend:
         return processes[0].pid if processes else None
 
     def close(self, release: bool = False) -> None:
-        """Shut the engine down (idempotent); ``release`` also drops it while modules are alive."""
+        """Shut the engine down (idempotent), from any thread; ``release`` also drops it while
+        modules are alive. The output handler is stopped first, on its own loop, so it does not
+        report the engine core's exit as a failure."""
         if not getattr(self, "_closed", False):
             self._closed = True
             _LIVE.discard(self)
+            handler = getattr(self.engine, "output_handler", None)
+            if handler is not None and not handler.done():
+                loop = handler.get_loop()
+                if loop.is_running():
+                    try:
+                        asyncio.run_coroutine_threadsafe(_stop(handler), loop).result(timeout=10)
+                    except (concurrent.futures.TimeoutError, RuntimeError):
+                        pass  # the loop is going away; shutting the engine down is what matters
             self.engine.shutdown()
         if release:
             self.engine = None
 
     async def shutdown(self) -> None:
+        if not getattr(self, "_closed", False):
+            handler = getattr(self.engine, "output_handler", None)
+            if handler is not None and not handler.done():
+                await _stop(handler)
         self.close()
+
+
+async def _stop(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _decoded(position: dict, token_id: int) -> str:
