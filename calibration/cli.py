@@ -47,6 +47,24 @@ def parse_delta(value: str) -> float | None:
     return delta
 
 
+def tier_identities(config) -> list[dict]:
+    """Each tier's identity for the artifact; a remote tier also records what its server
+    reports now (its context length), so a server configured differently is refused later."""
+    from vcascade.engine.runtime import run
+    from vcascade.engine.tiers.remote import RemoteBackend
+
+    out = []
+    for tier in config.tiers:
+        identity = tier_identity(tier, config)
+        if tier.is_remote:
+            backend = RemoteBackend(tier, config.system_prompt)
+            run(backend.start())
+            identity["served"] = {"max_model_len": backend.max_model_len}
+            run(backend.shutdown())
+        out.append(identity)
+    return out
+
+
 def _subset(records: list[dict], items) -> list[dict]:
     return [{item.id: per_tier[item.id] for item in items} for per_tier in records]
 
@@ -98,6 +116,12 @@ def cmd_calibrate(args) -> int:
                             None if embeddings is None else embeddings[fit_index], costs[fit_index])
     fit = fit_thresholds(data, args.target, args.alpha, delta, seed=args.seed, p_value_kind=args.p_value)
     price = price_of_guarantee(data, args.target, args.alpha, delta)
+    guarantee = {**fit.guarantee, "assumption": "calibration items and served traffic are exchangeable"}
+    if delta is None and price:
+        spread = price["marginal"]["spread"]
+        guarantee["single_deployment"] = spread
+        guarantee["statement"] += (f"; for this single calibration, {spread['share_above_alpha']:.0%} of bootstrap "
+                                   f"resamples land above α and their 90th percentile risk is {spread['risk_q90']:.4f}")
     artifact = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -106,8 +130,8 @@ def cmd_calibrate(args) -> int:
         "target": args.target,
         "alpha": args.alpha,
         "delta": delta,
-        "guarantee": {**fit.guarantee, "assumption": "calibration items and served traffic are exchangeable"},
-        "tiers": [tier_identity(t, config) for t in config.tiers],
+        "guarantee": guarantee,
+        "tiers": tier_identities(config),
         "policy": {"rules": [r.spec() for r in rules], "thresholds": fit.thresholds,
                    "skip": skip.spec() if skip else None, "skip_threshold": fit.skip_threshold if skip else None},
         "selection": None if selection is None else {"table": selection.table, "refused": selection.refused,
@@ -122,7 +146,7 @@ def cmd_calibrate(args) -> int:
     report = write_report(Path(args.report or out.with_suffix("")), artifact, data, names, header)
     verdict = "feasible" if fit.feasible else "INFEASIBLE: the policy will always escalate"
     print(f"{args.target} at α={args.alpha}" + (f", δ={delta}" if delta else " (marginal)") + f": {verdict}")
-    print(f"guarantee: {fit.guarantee['statement']}")
+    print(f"guarantee: {guarantee['statement']}")
     rule_names = ", ".join(r.name for r in rules) + (f"; skip: {skip.name}" if skip else "")
     print(f"rule {rule_names}; thresholds {[round(t, 4) for t in fit.thresholds]}"
           + (f", skip below {fit.skip_threshold:.4f}" if skip else "") + f" ({fit.method})")

@@ -16,7 +16,7 @@ escalated requests reach the next tier while others are still at the first.
 from __future__ import annotations
 
 import asyncio
-import math
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Sequence
@@ -101,6 +101,7 @@ class Cascade:
         kept: tuple[int, TierResult, float | None] | None = None
         for index in range(start, last + 1):
             tier, final = self.tiers[index], index == last
+            emitted = False
             try:
                 result = None
                 if final:
@@ -108,13 +109,15 @@ class Cascade:
                         if isinstance(item, TierResult):
                             result = item
                         else:
+                            emitted = True
                             yield Delta(item, index, trace)
                 else:
                     result = await tier.generate(request)
             except TierUnavailableError as err:
-                if tier.config.on_error != "previous_answer" or kept is None:
+                # fall back to the last answer only if none of this tier's text went out yet
+                if tier.config.on_error != "previous_answer" or kept is None or emitted:
                     raise
-                trace.append(TraceStep(tier.name, math.nan, self.policy.threshold(index), "error", 0, 0, 0.0,
+                trace.append(TraceStep(tier.name, None, self.policy.threshold(index), "error", 0, 0, 0.0,
                                        detail=str(err)))
                 break
             overhead.add("rendering", result.render_seconds)
@@ -140,9 +143,10 @@ class Cascade:
 
     async def answer(self, request: Request, first: int = 0, last: int | None = None) -> Answer:
         """The cascade's answer to one request (see ``stream``)."""
-        async for item in self.stream(request, first, last):
-            if isinstance(item, Answer):
-                return item
+        async with contextlib.aclosing(self.stream(request, first, last)) as stream:
+            async for item in stream:
+                if isinstance(item, Answer):
+                    return item
         raise AssertionError("stream ended without an answer")
 
     async def answer_all(self, requests: Sequence[Request], first: int = 0, last: int | None = None) -> list[Answer]:

@@ -23,7 +23,7 @@ class Request:
 
     Decoding overrides (``None``: the tier's configured value): ``max_tokens``,
     ``temperature``, ``top_p``, ``stop``, ``seed``. A calibration certifies the tiers'
-    configured decoding; ``overrides_decoding`` tells when a request departs from it.
+    configured decoding; ``Tier.keeps_calibrated_decoding`` tells when a request departs from it.
     """
 
     prompt: str | None = None
@@ -58,12 +58,6 @@ class Request:
         if self.prompt is not None:
             return self.prompt
         return "\n".join(m["content"] for m in self.messages if m["role"] == "user")  # type: ignore[union-attr]
-
-    @property
-    def overrides_decoding(self) -> bool:
-        """Does this request change sampling away from the calibrated decoding?
-        (``max_tokens`` only truncates, so it does not count.)"""
-        return any(v is not None for v in (self.temperature, self.top_p, self.stop, self.seed))
 
 
 @dataclass

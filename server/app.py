@@ -154,16 +154,17 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
 
     async def serve(raw: Request, body: ChatCompletionRequest | CompletionRequest, chat: bool):
         endpoint = "chat" if chat else "completions"
-        service.metrics.requests.labels(body.model, endpoint).inc()
         started = time.perf_counter()
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
         first, last = service.tier_range(body.model, body.cascade.max_tier if body.cascade else None)
+        service.metrics.requests.labels(body.model, endpoint).inc()  # served ids only: bounded label values
         k = (body.top_logprobs or 0) if chat and body.logprobs else (None if chat else body.logprobs)
         if k is not None and k > service.logprobs_cap:
             param = "top_logprobs" if chat else "logprobs"
             raise APIError(400, f"{param} must be <= {service.logprobs_cap} (the tiers' configured logprobs)", param)
         engine_request = _engine_request(body, chat, request_id)
-        shape = Shape(chat=chat, model=body.model, logprobs=k, calibrated_decoding=not engine_request.overrides_decoding,
+        calibrated = all(t.keeps_calibrated_decoding(engine_request) for t in cascade.tiers[first : last + 1])
+        shape = Shape(chat=chat, model=body.model, logprobs=k, calibrated_decoding=calibrated,
                       include_usage=bool(body.stream_options and body.stream_options.include_usage))
         service.admit()
         overhead = Overhead()

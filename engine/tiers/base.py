@@ -103,6 +103,14 @@ class Tier:
             seed=request.seed,
         )
 
+    def keeps_calibrated_decoding(self, request: Request) -> bool:
+        """Does ``request`` decode as this tier was calibrated (its overrides, if any, equal the
+        configured values)? ``max_tokens`` only truncates, so it does not count."""
+        s = self.config.sampling
+        temperature = s.temperature if request.temperature is None else request.temperature
+        return (temperature == s.temperature and (request.top_p is None or request.top_p == s.top_p)
+                and not request.stop and (request.seed is None or temperature == 0))
+
     async def stream(self, request: Request, stream_text: bool = True) -> AsyncIterator[Chunk | TierResult]:
         """Yield the answer's ``Chunk``s as the backend produces them (when ``stream_text``
         and the returned text is the greedy answer), then the complete ``TierResult``.
