@@ -153,15 +153,16 @@ def _choose_skip(selection: Selection, config, records, items, splits, embedding
     selection.skip_table.append({"skip": "none", "selection_cost": base_cost})
     candidates, refused = _skip_candidates(items, correct, splits, embeddings, seed)
     selection.refused += [{"tier": 0, "rule": r.name, "reason": r.reason} for r in refused]
-    best, best_cost = None, base_cost
+    tried = []
     for rule in candidates:
         skip_scores = rule.score_many(queries(sel_items, embeddings[sel]))
         cost, _ = empirical_cheapest(CalibrationData(scores, correct[sel], costs[sel], skip_scores), target, alpha,
                                      grid=25)
         selection.skip_table.append({"skip": rule.name, "selection_cost": cost})
-        if cost < best_cost - SKIP_GAIN:
-            best, best_cost = rule, cost
-    selection.skip = best
+        tried.append((cost, rule))
+    if tried:
+        cost, rule = min(tried, key=lambda pair: pair[0])
+        selection.skip = rule if cost < base_cost - SKIP_GAIN else None
 
 
 def _finite(value: float) -> float:

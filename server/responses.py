@@ -32,16 +32,17 @@ class Shape:
     include_usage: bool = False
 
 
-def decisive_score(trace: Sequence[TraceStep]) -> float | None:
-    """The score of the last decision taken (accept or escalate), ``None`` when no rule ran."""
+def decisive_step(trace: Sequence[TraceStep]) -> TraceStep | None:
+    """The last step a rule scored (the accept, escalate or skip that decided), if any."""
     for step in reversed(trace):
         if step.score is not None and step.decision in ("accept", "escalate", "final", "skip"):
-            return step.score
+            return step
     return None
 
 
 def decision_headers(tier: str, tier_index: int, trace: Sequence[TraceStep]) -> dict[str, str]:
-    score = decisive_score(trace)
+    step = decisive_step(trace)
+    score = None if step is None else step.score
     return {"x-vcascade-tier": tier, "x-vcascade-escalated": "true" if tier_index > 0 else "false",
             "x-vcascade-score": "none" if score is None else f"{score:.6g}"}
 
@@ -50,9 +51,9 @@ def cascade_info(answer: Answer, models: dict[str, str], calibrated: bool) -> Ca
     steps = [TraceEntry(tier=s.tier, model=models[s.tier], score=s.score, threshold=s.threshold, decision=s.decision,
                         prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens, seconds=s.seconds,
                         detail=s.detail) for s in answer.trace]
-    last = answer.trace[-1] if answer.trace else None
+    step = decisive_step(answer.trace)
     return CascadeInfo(tier=answer.tier, tier_index=answer.tier_index, model=models[answer.tier],
-                       score=decisive_score(answer.trace), threshold=last.threshold if last else None,
+                       score=None if step is None else step.score, threshold=None if step is None else step.threshold,
                        escalated=answer.escalated, skipped=any(s.decision == "skip" for s in answer.trace),
                        calibrated_decoding=calibrated, trace=steps)
 

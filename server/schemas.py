@@ -126,8 +126,8 @@ class CascadeInfo(BaseModel):
     tier: str
     tier_index: int
     model: str
-    score: float | None = Field(description="the score of the last decision (accept or escalate)")
-    threshold: float | None
+    score: float | None = Field(description="the score of the step that decided (accept, escalate or skip)")
+    threshold: float | None = Field(description="the threshold that score was compared with")
     escalated: bool
     skipped: bool
     calibrated_decoding: bool = Field(description="false when the request overrode the calibrated decoding")

@@ -254,7 +254,7 @@ class VLLMBackend:
             raise EngineDeadError(f"tier {self.name}: the vLLM engine died") from err
 
     def check_health(self) -> None:
-        if self.engine.errored:
+        if self.engine is None or self.engine.errored:
             where = f" (engine log: {self.log_path})" if self.log_path else ""
             raise EngineDeadError(f"tier {self.name}: the vLLM engine is dead{where}")
 
@@ -269,7 +269,7 @@ class VLLMBackend:
         """Shut the engine down (idempotent), from any thread; ``release`` also drops it while
         modules are alive. The output handler is stopped first, on its own loop, so it does not
         report the engine core's exit as a failure."""
-        if not getattr(self, "_closed", False):
+        if not getattr(self, "_closed", False) and self.engine is not None:
             self._closed = True
             _LIVE.discard(self)
             handler = getattr(self.engine, "output_handler", None)
@@ -285,11 +285,12 @@ class VLLMBackend:
             self.engine = None
 
     async def shutdown(self) -> None:
+        """Stop the engine for good (its tier cannot generate afterwards)."""
         if not getattr(self, "_closed", False):
             handler = getattr(self.engine, "output_handler", None)
             if handler is not None and not handler.done():
                 await _stop(handler)
-        self.close()
+        self.close(release=True)
 
 
 async def _stop(task: asyncio.Task) -> None:

