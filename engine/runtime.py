@@ -21,8 +21,18 @@ class Runtime:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="vcascade-loop", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name="vcascade-loop", daemon=True)
         self._thread.start()
+
+    def _serve(self) -> None:
+        """Run the loop for the life of the process. A KeyboardInterrupt or SystemExit raised
+        inside a coroutine reaches the caller through its future; the loop keeps running."""
+        while True:
+            try:
+                self.loop.run_forever()
+                return
+            except (KeyboardInterrupt, SystemExit):
+                continue
 
     def submit(self, coro: Awaitable[T]) -> "concurrent.futures.Future[T]":
         """Schedule ``coro`` on the loop; returns a future to wait on."""

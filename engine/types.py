@@ -102,6 +102,7 @@ class TierResult:
     seconds: float
     tokens: list[str] = field(default_factory=list)
     render_seconds: float = 0.0
+    render_cpu_seconds: float = 0.0
     samples: list[Sample] = field(default_factory=list)
     clusters: list[int] = field(default_factory=list)
     greedy_cluster: int | None = None

@@ -97,12 +97,13 @@ class Service:
     def record(self, request_id: str, model: str, endpoint: str, answer: Answer, started: float,
                ttft: float | None, overhead: Overhead) -> None:
         e2e = time.perf_counter() - started
-        self.metrics.observe(model, answer, e2e, ttft, overhead.parts)
+        self.metrics.observe(model, answer, e2e, ttft, overhead)
         if self.log is not None:
             entry = {"id": request_id, "time": time.time(), "model": model, "endpoint": endpoint, "tier": answer.tier,
                      "tier_index": answer.tier_index, "escalated": answer.escalated,
                      "skipped": any(s.decision == "skip" for s in answer.trace), "e2e_seconds": e2e,
                      "ttft_seconds": ttft, "overhead_seconds": overhead.seconds, "overhead": overhead.parts,
+                     "overhead_cpu_seconds": overhead.cpu_seconds, "overhead_cpu": overhead.cpu,
                      "generation_seconds": sum(s.seconds for s in answer.trace),
                      "trace": [s.__dict__ for s in answer.trace]}
             self.log.write(json.dumps(entry) + "\n")
@@ -173,9 +174,8 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
         try:
             if not body.stream:
                 answer = await _cancel_on_disconnect(raw, _last(stream))
-                t = time.perf_counter()
-                response = full_response(request_id, shape, answer, service.models).model_dump()
-                overhead.add("response", time.perf_counter() - t)
+                with overhead.span("response"):
+                    response = full_response(request_id, shape, answer, service.models).model_dump()
                 service.record(request_id, body.model, endpoint, answer, started, None, overhead)
                 return JSONResponse(response, headers=decision_headers(answer.tier, answer.tier_index, answer.trace))
             head = await _cancel_on_disconnect(raw, anext(stream))
@@ -247,14 +247,13 @@ async def _events(service: Service, stream, head: Delta | Answer, request_id: st
         item: Any = head
         while True:
             if isinstance(item, Answer):
-                t = time.perf_counter()
-                yield writer.finish(item, service.models)
-                overhead.add("response", time.perf_counter() - t)
+                with overhead.span("response"):
+                    last = writer.finish(item, service.models)
+                yield last
                 service.record(request_id, shape.model, endpoint, item, started, ttft, overhead)
                 return
-            t = time.perf_counter()
-            event = writer.delta(item.chunk)
-            overhead.add("response", time.perf_counter() - t)
+            with overhead.span("response"):
+                event = writer.delta(item.chunk)
             if event:
                 if ttft is None:
                     ttft = time.perf_counter() - started

@@ -71,8 +71,11 @@ class Metrics:
         self.tier_time = Histogram("vcascade:tier_request_seconds", "Time a request spent at a tier", ["tier"],
                                    buckets=LATENCY_BUCKETS, registry=r)
         self.overhead = Histogram("vcascade:controller_overhead_seconds",
-                                  "Time vcascade itself spent on a request (rendering, embedding, scoring, "
-                                  "deciding, response building)", ["part"], buckets=OVERHEAD_BUCKETS, registry=r)
+                                  "Wall time of vcascade's own work on a request (rendering, embedding, scoring, "
+                                  "response building)", ["part"], buckets=OVERHEAD_BUCKETS, registry=r)
+        self.overhead_cpu = Histogram("vcascade:controller_cpu_seconds",
+                                      "CPU time of vcascade's own work on a request, by part", ["part"],
+                                      buckets=OVERHEAD_BUCKETS, registry=r)
         self.generation = Counter("vcascade:generation_seconds", "Seconds requests spent generating at tiers",
                                   registry=r)
         self.prompt_tokens = Counter("vcascade:prompt_tokens", "Prompt tokens processed", ["tier"], registry=r)
@@ -80,7 +83,7 @@ class Metrics:
         self.in_flight = Gauge("vcascade:num_requests_in_flight", "Requests admitted and not finished", registry=r)
         self.registry.register(EngineCollector(tiers))
 
-    def observe(self, model_name: str, answer: Answer, e2e: float, ttft: float | None, overhead: dict[str, float]):
+    def observe(self, model_name: str, answer: Answer, e2e: float, ttft: float | None, overhead):
         self.success.labels(model_name, answer.finish_reason or "unknown").inc()
         self.answers.labels(model_name, answer.tier).inc()
         for step in answer.trace:
@@ -98,5 +101,6 @@ class Metrics:
         self.e2e.labels(model_name, answer.tier).observe(e2e)
         if ttft is not None:
             self.ttft.labels(model_name, answer.tier).observe(ttft)
-        for part, seconds in overhead.items():
+        for part, seconds in overhead.parts.items():
             self.overhead.labels(part).observe(seconds)
+            self.overhead_cpu.labels(part).observe(overhead.cpu.get(part, 0.0))

@@ -45,11 +45,11 @@ class ScriptedBackend:
         self.received: list[str] = []
 
     async def stream(self, request: Request, decoding):
-        self.received.append(request.prompt)
+        self.received.append(request.text)
         if self.fail:
             raise TierUnavailableError(f"tier {self.name} is down", tier=self.name)
         await asyncio.sleep(self.delay)
-        text, logprobs = self.script[request.prompt]
+        text, logprobs = self.script[request.text]
         pieces = [text[: len(text) // 2], text[len(text) // 2 :]] if len(logprobs) == 2 else [text] + [""] * (
             len(logprobs) - 1)
         for i, lp in enumerate(logprobs):
@@ -59,7 +59,7 @@ class ScriptedBackend:
                         prompt_tokens=7 if i == 0 else None)
 
     async def sample(self, request: Request, decoding, n: int) -> list[Sample]:
-        text, logprobs = self.script[request.prompt]
+        text, logprobs = self.script[request.text]
         return [Sample(text, list(range(len(logprobs))), list(logprobs), float(sum(logprobs)))] * n
 
     def identity(self):

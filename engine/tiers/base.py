@@ -44,8 +44,9 @@ class Decoding:
 class Chunk:
     """New tokens of a streamed answer: each list has one entry per new token.
 
-    ``prompt_tokens`` and ``render_seconds`` (time spent turning the request into model
-    input) are set on the first chunk; ``finish_reason`` on the last.
+    ``prompt_tokens`` and the time spent turning the request into model input
+    (``render_seconds`` wall, ``render_cpu_seconds`` CPU) are set on the first chunk;
+    ``finish_reason`` on the last.
     """
 
     text: str = ""
@@ -56,6 +57,7 @@ class Chunk:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     render_seconds: float = 0.0
+    render_cpu_seconds: float = 0.0
 
 
 class Backend(Protocol):
@@ -194,6 +196,7 @@ def assemble(chunks: Sequence[Chunk]) -> TierResult:
         if chunk.finish_reason is not None:
             result.finish_reason = chunk.finish_reason
         result.render_seconds += chunk.render_seconds
+        result.render_cpu_seconds += chunk.render_cpu_seconds
     result.text = "".join(parts)
     result.cumulative_logprob = float(sum(result.token_logprobs))
     result.completion_tokens = len(result.token_logprobs)

@@ -199,10 +199,10 @@ class VLLMBackend:
         """
         from vllm.inputs import TokensPrompt
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         ids = self.render(request)
         params = self._params(decoding, len(ids), explicit_max_tokens=request.max_tokens is not None)
-        render_seconds = time.perf_counter() - started
+        render_seconds, render_cpu = time.perf_counter() - started, time.thread_time() - cpu
         k = decoding.logprobs
         first = True
         async for out in self._generate(TokensPrompt(prompt_token_ids=ids), params):
@@ -218,6 +218,7 @@ class VLLMBackend:
                 finish_reason=completion.finish_reason if out.finished else None,
                 prompt_tokens=len(ids) if first else None,
                 render_seconds=render_seconds if first else 0.0,
+                render_cpu_seconds=render_cpu if first else 0.0,
             )
             first = False
             yield chunk
