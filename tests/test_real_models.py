@@ -12,13 +12,24 @@ SHORT = {"role": "system", "content": "Answer the question with a short phrase o
 
 
 def test_smollm2_knows_the_capital_of_france(smollm_tier):
-    # phrased so that the first answer token is not a near tie (bare "What is the capital of France?"
-    # starts with 'L' vs 'The' 0.1 nats apart, which bf16 kernels of different CPUs may order differently)
-    results = run(smollm_tier.generate_many([
-        Request(messages=(SHORT, {"role": "user", "content": "What is the capital of France? Answer in one word."})),
-        Request(messages=(SHORT, {"role": "user", "content": "What is 2+2?"}))]))
-    assert "Paris" in results[0].text and "4" in results[1].text, [r.text for r in results]
-    assert all(r.completion_tokens > 0 and r.token_logprobs for r in results)
+    # plain completions whose first answer token leads by more than 2 nats on this machine, so that
+    # bf16 kernels of other CPUs do not reorder it (chat answers of a 135M model are phrased
+    # differently from one CPU to another: "Paris" vs 'The answer ... is "Paris"')
+    prompts = ["The capital of France is", "The capital city of France is the city of"]
+    results = run(smollm_tier.generate_many([Request(prompt=p, raw=True) for p in prompts]))
+    for result in results:
+        assert result.text.strip().startswith("Paris"), [r.text for r in results]
+        (best, best_logprob), (_, runner_up) = result.top_logprobs[0][:2]
+        assert best.strip() == "Paris" and best_logprob == pytest.approx(result.token_logprobs[0], abs=1e-3)
+        assert best_logprob > runner_up
+
+
+def test_smollm2_answers_through_its_chat_template(smollm_tier):
+    chat = Request(messages=(SHORT, {"role": "user", "content": "What is the capital of France?"}))
+    (result,) = run(smollm_tier.generate_many([chat]))
+    assert result.prompt_tokens > len(chat.messages[1]["content"].split())  # template tokens added
+    assert result.completion_tokens > 0 and len(result.token_logprobs) == result.completion_tokens
+    assert "<|im_start|>" not in result.text and result.finish_reason in ("stop", "length")
 
 
 def test_default_cascade_serves_its_artifact_and_decides_by_it(default_cascade):
