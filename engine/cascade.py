@@ -26,6 +26,7 @@ from .policy import Policy
 from .tiers.base import Chunk, Tier
 from .types import Answer, Request, TierResult, TraceStep
 from .uncertainty.rules import Query, embed_queries
+from .uncertainty.threads import single_threaded
 
 
 @dataclass
@@ -179,7 +180,7 @@ class Cascade:
             started = time.perf_counter()
             cpu = await asyncio.to_thread(_embed_cpu_seconds, query)
             overhead.add("embedding", time.perf_counter() - started, cpu)
-        with overhead.span("scoring"):
+        with overhead.span("scoring"), single_threaded():
             score = rule.score_many([query]) if index is None else rule.score_many([query], [result])
         return float(score[0])
 
@@ -187,7 +188,8 @@ class Cascade:
 def _embed_cpu_seconds(query: Query) -> float:
     """Embed the query's prompt (in a worker thread); return the CPU seconds it took."""
     started = time.thread_time()
-    embed_queries([query])
+    with single_threaded():
+        embed_queries([query])
     return time.thread_time() - started
 
 
