@@ -51,3 +51,36 @@ def test_default_cascade_serves_its_artifact_and_decides_by_it(default_cascade):
             assert a.trace[1].decision == "final"
     if answers[0].tier == "qwen-1.5b":  # the 1.5B knows it (the 0.5B tends to say Sydney)
         assert "Canberra" in answers[0].text, answers[0].to_dict()
+
+
+def test_default_cascade_behind_the_server_answers_the_openai_client(default_cascade):
+    """`make serve`'s cascade: the decision follows the committed artifact, streamed or not."""
+    import httpx
+    import openai
+
+    from tests.servers import serve_app
+    from vcascade.server.app import Settings, create_app
+
+    policy = default_cascade.policy
+    with serve_app(create_app(default_cascade, Settings())) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        assert {m.id for m in client.models.list().data} == {"vcascade", "qwen-0.5b", "qwen-1.5b"}
+        question = [{"role": "user", "content": "Which planet is closest to the Sun?"}]
+        reply = client.chat.completions.with_raw_response.create(model="vcascade", messages=question, max_tokens=16)
+        body = reply.parse()
+        decision = body.model_extra["cascade"]
+        first = decision["trace"][0]
+        assert reply.headers["x-vcascade-tier"] == decision["tier"] and decision["calibrated_decoding"]
+        if first["decision"] == "skip":
+            assert first["score"] < policy.skip_threshold and decision["tier"] == "qwen-1.5b"
+        else:
+            kept = first["score"] >= policy.thresholds[0]
+            assert first["decision"] == ("accept" if kept else "escalate")
+            assert decision["tier"] == ("qwen-0.5b" if kept else "qwen-1.5b")
+        stream = client.chat.completions.create(model="vcascade", messages=question, max_tokens=16, stream=True)
+        chunks = list(stream)
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert streamed == body.choices[0].message.content  # greedy: the same answer, the same decision
+        assert chunks[-1].model_extra["cascade"]["tier"] == decision["tier"]
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'vcascade:request_success_total{' in metrics and 'tier="' + decision["tier"] + '"' in metrics
