@@ -65,10 +65,12 @@ bench: bench-deferral
 # Every deferral rule against random and the oracle, per dataset and on the mixed workload.
 bench-deferral: setup
 	$(PY) benchmarks/deferral.py --out results/deferral
+	$(PY) benchmarks/readme_results.py
 
 # vcascade serve vs vllm serve of each tier, driven by vllm bench serve.
 bench-serve: setup
 	$(PY) benchmarks/serve_load.py --out results/serving
+	$(PY) benchmarks/readme_results.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

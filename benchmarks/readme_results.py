@@ -1,0 +1,158 @@
+"""Write the README's Results section from the committed result files.
+
+Reads ``results/calibration/default_mixed-test.json`` (``make calibrate``), the default
+artifact's price of the guarantee, ``results/deferral/summary.json`` (``make
+bench-deferral``), ``results/serving/summary.json`` (``make bench-serve``) and
+``results/remote/summary.json`` (``benchmarks/remote_parity.py``), and replaces what stands
+between ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md. A missing file
+leaves its part out and says which command makes it. Run by ``make bench-deferral`` and
+``make bench-serve``; by hand: ``python benchmarks/readme_results.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def calibrated_section(test: dict, artifact: dict) -> list[str]:
+    """The default cascade on held-out items, and the price of the per-deployment guarantee."""
+    alone = test["tiers_alone"]
+    small, large = list(alone)
+    lines = [f"**The default cascade on {test['n']} held-out `{test['dataset']}` items** "
+             f"(`make calibrate`; guarantee: *{test['guarantee']}*):", "",
+             "| | accuracy | quality loss vs always-large | escalated | skipped tier 0 | cost (tokens × price) vs always-large |",
+             "|---|---|---|---|---|---|",
+             f"| cascade | {test['accuracy']:.3f} | {test['quality_loss']:.4f} | {_pct(test['escalated'])} | "
+             f"{_pct(test['skipped'])} | {test['cost_ratio']:.2f} |"]
+    for name in (small, large):
+        lines.append(f"| {name} alone | {alone[name]['accuracy']:.3f} | | | | {alone[name]['cost_ratio']:.2f} |")
+    price = artifact.get("price_of_guarantee")
+    if price:
+        lines += ["", "Price of the per-deployment guarantee on the calibration split (same rule, same data; "
+                  "spread from refitting on bootstrap resamples of the calibration set):", "",
+                  "| fit | threshold | escalated | cost vs always-large | resampled fits above α | 90th pct. risk |",
+                  "|---|---|---|---|---|---|"]
+        for kind, fit in price.items():
+            label = "marginal (CRC, `--delta none`)" if fit["delta"] is None else f"(α, δ = {fit['delta']})"
+            spread = fit["spread"]
+            lines.append(f"| {label} | {fit['threshold']:.4f} | {_pct(fit['escalated'])} | {fit['cost_ratio']:.3f} | "
+                         f"{_pct(spread['share_above_alpha'])} | {spread['risk_q90']:.4f} |")
+    return lines
+
+
+def deferral_section(summary: dict) -> list[str]:
+    """Every rule against random and the oracle on the mixed workload (the headline rows)."""
+    mixed = summary["table"][summary["dataset"]]["rules"]
+    chosen = summary["chosen_rule"]
+    signals = {name: row for name, row in mixed.items()
+               if not name.startswith("learned:") and name not in ("oracle", "random") and "reference" not in name}
+    best_signal = max(signals, key=lambda name: signals[name]["gain_share"])
+    rows = ["oracle", "random", *[n for n in mixed if "reference" in n], chosen, best_signal, "min_logprob",
+            *[n for n in mixed if "vsr:" in n]]
+    notes = {chosen: "(chosen by `make calibrate`)", best_signal: "(best single signal)",
+             "min_logprob": "(the previous default)"}
+    lines = [f"**Deferral rules** (`make bench-deferral`; {summary['n_held_out']} held-out `{summary['dataset']}` "
+             f"items; cost relative to always-large at quality loss ≤ {summary['alpha']}):", "",
+             "| rule | share of the oracle's gain | APGR | CPT(50 %) | cost @α (tokens) | cost @α (engine seconds) |",
+             "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(name for name in rows if name in mixed):
+        row = mixed[name]
+        label = f"`{name}` {notes.get(name, '')}".strip() if name not in ("oracle", "random") else name
+        lines.append(f"| {label} | {row['gain_share']:.2f} | {row['apgr']:.2f} | {_pct(row['cpt50'])} | "
+                     f"{row['cost_at_alpha']:.2f} | {row['cost_at_alpha_seconds']:.2f} |")
+    wins = sum(1 for name, table in summary["table"].items() if name != summary["dataset"]
+               and table["rules"][chosen]["gain_share"] > max(
+                   row["gain_share"] for rule, row in table["rules"].items()
+                   if not rule.startswith("learned:") and rule not in ("oracle", "random") and "reference" not in rule))
+    lines += ["", f"The chosen learned rule beats the best single signal (picked per set in hindsight) on {wins} of "
+              f"{len(summary['table']) - 1} built-in sets; per-set tables in "
+              "[results/deferral/summary.md](results/deferral/summary.md)."]
+    return lines
+
+
+def serving_section(summary: dict) -> list[str]:
+    """Cascade / always-large ratios per load, accuracy of each system, controller overhead."""
+    machine = summary["machine"]
+    results, ratios = summary["results"], summary["ratios"]
+    lines = [f"**Serving** (`make bench-serve`, {summary['created']}: {machine['cores']} CPU cores "
+             f"({machine['cpu']}), no GPU; `vllm bench serve`, {summary['num_prompts']} held-out prompts per run, "
+             "each system alone on the same cores). Ratios cascade / always-large:", "",
+             "| load | req/s | TTFT p50 | TTFT p99 | E2E p50 | E2E p99 | accuracy large / small / cascade | escalated | controller CPU / generation |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run in summary["runs"]:
+        ratio = ratios[run]["vs always-large"]
+        cascade = results["cascade"][run]
+        inside = cascade.get("cascade", {})
+        lines.append(
+            f"| {run} | {ratio['request_throughput']:.2f} | {ratio['median_ttft_ms']:.2f} | {ratio['p99_ttft_ms']:.2f} | "
+            f"{ratio['median_e2el_ms']:.2f} | {ratio['p99_e2el_ms']:.2f} | "
+            f"{results['always-large'][run]['accuracy']:.2f} / {results['always-small'][run]['accuracy']:.2f} / "
+            f"{cascade['accuracy']:.2f} | {_pct(inside.get('escalated', float('nan')))} | "
+            f"{_pct(inside.get('overhead_share_of_generation', float('nan')))} |")
+    lines += ["", "Full figures, TPOT/ITL, ratios vs always-small and plots in "
+              "[results/serving/summary.md](results/serving/summary.md)."]
+    return lines
+
+
+def remote_section(summary: dict) -> list[str]:
+    diff = summary["token_logprob_abs_diff"]
+    return [f"**Remote tier parity** (`benchmarks/remote_parity.py`): {summary['n']} held-out `{summary['dataset']}` "
+            f"items through `{summary['tier']}` in-process and behind `vllm serve`: accuracy "
+            f"{summary['accuracy_in_process']:.3f} vs {summary['accuracy_remote']:.3f}, identical answers "
+            f"{_pct(summary['identical_answers'])}, per-token |Δ logprob| mean {diff['mean']:.4f}, "
+            f"p99 {diff['p99']:.4f}, max {diff['max']:.4f} (bf16 kernels batch differently)."]
+
+
+def render(root: Path = ROOT) -> str:
+    """The Results section's markdown."""
+    test = _load(root / "results/calibration/default_mixed-test.json")
+    artifact = _load(root / "engine/default_cascade.artifact.json")
+    deferral = _load(root / "results/deferral/summary.json")
+    serving = _load(root / "results/serving/summary.json")
+    remote = _load(root / "results/remote/summary.json")
+    parts = [
+        calibrated_section(test, artifact) if test and artifact else _missing("make calibrate"),
+        deferral_section(deferral) if deferral else _missing("make bench-deferral"),
+        serving_section(serving) if serving else _missing("make bench-serve"),
+        remote_section(remote) if remote else _missing("python benchmarks/remote_parity.py"),
+    ]
+    body = "\n\n".join("\n".join(part) for part in parts)
+    return f"## Results\n\n{body}\n"
+
+
+def _missing(command: str) -> list[str]:
+    return [f"*(no results yet: run `{command}`)*"]
+
+
+def update_readme(readme: Path = ROOT / "README.md") -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme}: the markers {START} / {END} are missing")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{render(readme.parent)}{END}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = parser.parse_args()
+    update_readme(args.readme)
+    print(f"updated the Results section of {args.readme}")
+
+
+if __name__ == "__main__":
+    main()

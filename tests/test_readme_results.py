@@ -1,0 +1,43 @@
+"""The README's Results section is generated from the committed result files."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import readme_results  # noqa: E402
+
+
+def test_results_section_quotes_the_result_files():
+    text = readme_results.render(ROOT)
+    deferral = json.loads((ROOT / "results/deferral/summary.json").read_text())
+    chosen = deferral["table"][deferral["dataset"]]["rules"][deferral["chosen_rule"]]
+    assert f"`{deferral['chosen_rule']}` (chosen by `make calibrate`) | {chosen['gain_share']:.2f} |" in text
+    serving = json.loads((ROOT / "results/serving/summary.json").read_text())
+    for run in serving["runs"]:
+        ratio = serving["ratios"][run]["vs always-large"]["request_throughput"]
+        assert f"| {run} | {ratio:.2f} |" in text
+    assert f"{serving['machine']['cores']} CPU cores" in text and serving["created"] in text
+    test = json.loads((ROOT / "results/calibration/default_mixed-test.json").read_text())
+    assert f"| cascade | {test['accuracy']:.3f} | {test['quality_loss']:.4f} |" in text
+    assert "no results yet" not in text
+
+
+def test_missing_results_name_the_command_that_makes_them(tmp_path):
+    text = readme_results.render(tmp_path)
+    for command in ("make calibrate", "make bench-deferral", "make bench-serve", "remote_parity.py"):
+        assert f"no results yet: run `{command}" in text or f"no results yet: run `python benchmarks/{command}" in text
+
+
+def test_update_keeps_the_rest_of_the_readme(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# top\n{readme_results.START}\nold\n{readme_results.END}\n## after\n")
+    readme_results.update_readme(readme)
+    text = readme.read_text()
+    assert text.startswith("# top\n") and text.endswith("## after\n") and "old" not in text and "## Results" in text
+    readme.write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="markers"):
+        readme_results.update_readme(readme)
