@@ -48,6 +48,11 @@ from vcascade.engine.uncertainty.rules import SignalRule
 from vcascade.engine.uncertainty.signals import VSR_DEFAULT_THRESHOLDS
 
 REFERENCE = "source gain rate (reference)"
+
+
+def is_single_signal(rule: str) -> bool:
+    """A built-in signal: not a learned rule, not the random/oracle bounds, not the reference row."""
+    return not rule.startswith("learned") and rule not in ("random", "oracle", REFERENCE)
 ANCHORS = {"sum_logprob": "Chow-Sum", "mean_logprob": "Chow-Average", "quantile:0.1": "Chow-Quantile 0.1",
            "quantile:0.25": "Chow-Quantile 0.25", "min_logprob": "Chow-Quantile 0 (min)",
            "vsr:avg_logprob": "vLLM-SR avg_logprob", "vsr:margin": "vLLM-SR margin", "vsr:hybrid": "vLLM-SR hybrid"}
@@ -259,8 +264,7 @@ def render(summary: dict) -> str:
     wins = 0
     for group, entry in summary["table"].items():
         rules = entry["rules"]
-        signals = {n: m for n, m in rules.items()
-                   if not n.startswith("learned") and n not in ("random", "oracle", REFERENCE)}
+        signals = {n: m for n, m in rules.items() if is_single_signal(n)}
         best = max(signals, key=lambda n: _nz(signals[n]["gain_share"]))
         chosen = rules.get(summary["chosen_rule"], {})
         learned = {n: m for n, m in rules.items() if n.startswith("learned")}
@@ -337,8 +341,8 @@ def plot(out: Path, items, held_idx, correct, tok, scores, chosen, alpha) -> Non
     plt.close(fig)
     summary = json.loads((out / "summary.json").read_text())
     groups = [g for g in summary["table"] if g != "mixed"] + ["mixed"]
-    best_signal = [max((m["gain_share"] for n, m in summary["table"][g]["rules"].items()
-                        if not n.startswith("learned") and n not in ("random", "oracle", REFERENCE)), key=_nz)
+    best_signal = [max((m["gain_share"] for n, m in summary["table"][g]["rules"].items() if is_single_signal(n)),
+                       key=_nz)
                    for g in groups]
     chosen_share = [summary["table"][g]["rules"].get(chosen, {}).get("gain_share", float("nan")) for g in groups]
     fig, ax = plt.subplots(figsize=(10, 4))

@@ -15,6 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from deferral import is_single_signal  # the benchmark's own notion of a single signal
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -57,9 +59,7 @@ def deferral_section(summary: dict) -> list[str]:
     """Every rule against random and the oracle on the mixed workload (the headline rows)."""
     mixed = summary["table"][summary["dataset"]]["rules"]
     chosen = summary["chosen_rule"]
-    signals = {name: row for name, row in mixed.items()
-               if not name.startswith("learned:") and name not in ("oracle", "random") and "reference" not in name}
-    best_signal = max(signals, key=lambda name: signals[name]["gain_share"])
+    best_signal = max(filter(is_single_signal, mixed), key=lambda name: mixed[name]["gain_share"])
     rows = ["oracle", "random", *[n for n in mixed if "reference" in n], chosen, best_signal, "min_logprob",
             *[n for n in mixed if "vsr:" in n]]
     notes = {chosen: "(chosen by `make calibrate`)", best_signal: "(best single signal)",
@@ -75,8 +75,7 @@ def deferral_section(summary: dict) -> list[str]:
                      f"{row['cost_at_alpha']:.2f} | {row['cost_at_alpha_seconds']:.2f} |")
     wins = sum(1 for name, table in summary["table"].items() if name != summary["dataset"]
                and table["rules"][chosen]["gain_share"] > max(
-                   row["gain_share"] for rule, row in table["rules"].items()
-                   if not rule.startswith("learned:") and rule not in ("oracle", "random") and "reference" not in rule))
+                   row["gain_share"] for rule, row in table["rules"].items() if is_single_signal(rule)))
     lines += ["", f"The chosen learned rule beats the best single signal (picked per set in hindsight) on {wins} of "
               f"{len(summary['table']) - 1} built-in sets; per-set tables in "
               "[results/deferral/summary.md](results/deferral/summary.md)."]
