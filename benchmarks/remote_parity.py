@@ -25,6 +25,7 @@ from vcascade.calibration.datasets import load_dataset, split, to_request
 from vcascade.calibration.scoring import is_correct
 from vcascade.engine.artifact import read_artifact
 from vcascade.engine.config import RemoteTierConfig, load_config, resolve_model
+from vcascade.engine.hardware import resolve_dtype
 from vcascade.engine.runtime import run
 from vcascade.engine.tiers import Tier, build_tiers, shutdown_tiers
 from vcascade.engine.tiers.remote import RemoteBackend
@@ -62,8 +63,9 @@ def main(argv=None) -> int:
     cores = sorted(os.sched_getaffinity(0))
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name",
-         tier_config.name, "--max-model-len", str(tier_config.max_model_len), "--dtype", tier_config.dtype,
-         "--kv-cache-memory-bytes", str(tier_config.kv_cache_mib * 2**20), "--port", str(port),
+         tier_config.name, "--max-model-len", str(tier_config.max_model_len), "--dtype",
+         resolve_dtype(tier_config.dtype), "--kv-cache-memory-bytes", str(tier_config.kv_cache_mib * 2**20),
+         "--port", str(port),
          "--generation-config", "vllm"] + (["--enforce-eager"] if tier_config.enforce_eager else []),
         stdout=open(out / "vllm-serve.log", "w"), stderr=subprocess.STDOUT,
         env={**os.environ, "VLLM_TARGET_DEVICE": "cpu", "VLLM_CPU_OMP_THREADS_BIND": f"{cores[0]}-{cores[-1]}"})

@@ -39,6 +39,7 @@ from vcascade.calibration.datasets import SOURCES, load_dataset, split
 from vcascade.calibration.scoring import is_correct
 from vcascade.engine.artifact import read_artifact
 from vcascade.engine.config import load_config, resolve_model
+from vcascade.engine.hardware import resolve_dtype
 
 FIGURES = ("ttft", "tpot", "itl", "e2el")
 
@@ -99,8 +100,9 @@ def chat_template_with_system(model_dir: str, system_prompt: str | None, out: Pa
 
 def start_vllm(model_dir: str, name: str, tier, template: Path | None, port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--served-model-name",
-           name, "--max-model-len", str(tier.max_model_len), "--dtype", tier.dtype, "--kv-cache-memory-bytes",
-           str(tier.kv_cache_mib * 2**20), "--port", str(port), "--host", "127.0.0.1", "--generation-config", "vllm"]
+           name, "--max-model-len", str(tier.max_model_len), "--dtype", resolve_dtype(tier.dtype),
+           "--kv-cache-memory-bytes", str(tier.kv_cache_mib * 2**20), "--port", str(port), "--host", "127.0.0.1",
+           "--generation-config", "vllm"]
     cmd += ["--enforce-eager"] if tier.enforce_eager else []
     cmd += ["--chat-template", str(template)] if template else []
     cores = sorted(os.sched_getaffinity(0))

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import model_store
+from . import hardware, model_store
 from .config import CascadeConfig, EngineTierConfig, RemoteTierConfig, resolve_model
 from .policy import Policy
 from .uncertainty.learned import LearnedRuleError, rule_from_spec, skip_from_spec
@@ -73,14 +73,15 @@ def model_hash(location: str, model: str | None = None) -> str:
 
 
 def decoding_settings(tier: EngineTierConfig | RemoteTierConfig, system_prompt: str | None) -> dict[str, Any]:
-    """Everything besides the weights that changes a tier's answers or scores."""
+    """Everything besides the weights that changes a tier's answers or scores; an engine tier's
+    ``dtype`` is the resolved one (``auto`` → this machine's native dtype)."""
     settings: dict[str, Any] = {
         "sampling": tier.sampling.model_dump(),
         "samples": tier.samples.model_dump() if tier.samples else None,
         "system_prompt": system_prompt,
     }
     if isinstance(tier, EngineTierConfig):
-        settings = {"dtype": tier.dtype, **settings}
+        settings = {"dtype": hardware.resolve_dtype(tier.dtype), **settings}
     return settings
 
 
@@ -126,6 +127,11 @@ def mismatch(artifact: dict[str, Any], config: CascadeConfig, live: Sequence | N
         if was["model_hash"] != now["model_hash"]:
             return (f"tier {i} ({tier.name}): calibrated for model {was['model']!r} ({was['model_hash'][:40]}…), "
                     f"config has {tier.model!r} ({now['model_hash'][:40]}…)")
+        if isinstance(tier, EngineTierConfig) and was["decoding"].get("dtype") != now["decoding"]["dtype"]:
+            why = f" (dtype auto: {hardware.native_dtype().reason})" if tier.dtype == "auto" else ""
+            return (f"tier {i} ({tier.name}): calibrated with dtype {was['decoding'].get('dtype')}, this machine "
+                    f"runs it in {now['decoding']['dtype']}{why}; answers and scores differ between dtypes "
+                    f"(to run it as calibrated, set the tier's dtype: {was['decoding'].get('dtype')})")
         if was["decoding"] != now["decoding"]:
             keys = [k for k in now["decoding"] if was["decoding"].get(k) != now["decoding"][k]]
             return f"tier {i} ({tier.name}): decoding settings differ ({', '.join(keys) or 'engine kind'})"

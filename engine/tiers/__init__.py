@@ -9,6 +9,7 @@ checks remote endpoints.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Sequence
 
 from ..config import CascadeConfig, ConfigError, EngineTierConfig, RemoteTierConfig, resolve_model
@@ -48,6 +49,8 @@ async def build_tiers(config: CascadeConfig, only: Sequence[str] | None = None, 
         for name in only:
             config.tier(name)  # names an unknown tier → ConfigError
     paths = {t.name: resolve_model(t, config.source) for t in chosen if isinstance(t, EngineTierConfig)}
+    if paths:
+        print(dtype_statement([t for t in chosen if isinstance(t, EngineTierConfig)]), file=sys.stderr)
     binds = iter(core_bindings(len(paths)) if paths else [])
     tiers = []
     for tier_config in chosen:
@@ -63,6 +66,16 @@ async def build_tiers(config: CascadeConfig, only: Sequence[str] | None = None, 
         tier.busy.reset()
         tiers.append(tier)
     return tiers
+
+
+def dtype_statement(tiers: Sequence[EngineTierConfig]) -> str:
+    """One line for start-up: the dtype each engine runs with, and why ``auto`` chose it."""
+    from ..hardware import native_dtype, resolve_dtype
+
+    parts = [f"{t.name} {resolve_dtype(t.dtype)}" + ("" if t.dtype == "auto" else " (set in the config)")
+             for t in tiers]
+    auto = any(t.dtype == "auto" for t in tiers)
+    return f"engine dtype: {', '.join(parts)}" + (f" [auto: {native_dtype().reason}]" if auto else "")
 
 
 async def shutdown_tiers(tiers: Sequence[Tier]) -> None:

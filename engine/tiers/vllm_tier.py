@@ -28,6 +28,7 @@ from typing import Any, AsyncIterator, Iterator
 
 from ..config import EngineTierConfig
 from ..errors import EngineDeadError, MaxTokensError, PromptTooLongError
+from ..hardware import resolve_dtype
 from ..types import Request, Sample
 from .base import Chunk, Decoding
 from .rendering import prompt_token_ids
@@ -139,7 +140,7 @@ class VLLMBackend:
         self.max_model_len = config.max_model_len
         self.stats = EngineStats()
         kwargs: dict[str, Any] = dict(
-            model=model_path, dtype=config.dtype, max_model_len=config.max_model_len,
+            model=model_path, dtype=resolve_dtype(config.dtype), max_model_len=config.max_model_len,
             enforce_eager=config.enforce_eager, seed=config.sampling.seed, disable_log_stats=True,
             tensor_parallel_size=config.tensor_parallel_size, pipeline_parallel_size=config.pipeline_parallel_size,
             distributed_executor_backend=config.distributed_executor_backend, use_tqdm_on_load=False,
