@@ -1,122 +1,125 @@
 """The calibration job's data: every tier's answer to every item (cached, resumable), and
 the arrays a fit needs.
 
-Per tier and item source, generations are cached in
-``$VCASCADE_CACHE/calibration/<source>-<tier>-<key>.jsonl``, one line per item: the full
-``TierResult`` (text, token logprobs, top-k, samples) and its correctness. The key hashes
-the source's identity and the tier's identity (model content hash + decoding settings), so
-changing any of them starts a fresh file, and an interrupted or repeated job only generates
-the items its file lacks. A mixed workload reuses its sources' caches. Any rule can be
-scored later from the cached results without regenerating.
+Generations live in the request-keyed cache (``calibration.cache``): an interrupted or
+repeated job only generates the requests the cache lacks, whatever file or dataset they
+come from. Correctness is scored from each item's references as records are read. When a
+tier's vLLM engine dies mid-job (a crowded machine, a killed process), the job starts the
+engine again and resumes from the cache, a bounded number of times; a failure right after
+a restart (no batch finished in between) stops the job with the reason.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import logging
+import os
 import sys
-from dataclasses import asdict
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from vcascade.engine.artifact import tier_identity
 from vcascade.engine.config import CascadeConfig
-from vcascade.engine.model_store import cache_dir
+from vcascade.engine.errors import EngineDeadError
 from vcascade.engine.runtime import run
 from vcascade.engine.types import TierResult
 from vcascade.engine.uncertainty.rules import Query, Rule, SkipRule
 
+from . import cache
 from .conformal import CalibrationData
-from .datasets import BUILTIN, Item, dataset_fingerprint, to_request
+from .datasets import Item, to_request
 from .scoring import is_correct
 
+log = logging.getLogger("vcascade.calibration")
 
-def cache_path(source: str, identity: dict, root: Path | None = None) -> Path:
-    key = hashlib.sha256(json.dumps([dataset_fingerprint(source), identity], sort_keys=True).encode()).hexdigest()
-    label = Path(source).stem if source not in BUILTIN else source
-    return (root or cache_dir().parent / "calibration") / f"{label}-{identity['name']}-{key[:16]}.jsonl"
-
-
-def read_cache(path: Path) -> dict[str, dict]:
-    """Cached records by item id; a torn last line (interrupted write) is ignored."""
-    records = {}
-    if path.is_file():
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                records[record["id"]] = record
-    return records
+MAX_ENGINE_RESTARTS = 3
+"""How many times one tier's engine may be restarted within one job."""
+RPC_TIMEOUT_SECONDS = 1800
+"""vLLM's ``execute_model`` RPC timeout for the job's engines (its default, 300 s, is shorter
+than one large batch of a 1.5B model on a busy 2-core CPU)."""
 
 
-def generate_missing(tier, items: Sequence[Item], path: Path, batch_size: int = 64, progress: bool = True,
-                     records: dict | None = None) -> dict:
-    """Records for ``items`` from ``tier``: cached ones (``records``, read from ``path`` when
-    not given) are kept, the rest generated ``batch_size`` at a time (all in flight at once)
-    and appended to ``path`` batch by batch, so an interrupt loses one batch."""
+def generate_missing(tier, items: Sequence[Item], path, batch_size: int = 64, progress: bool = True,
+                     cached: dict | None = None) -> dict[str, dict]:
+    """Result dicts by request key for ``items`` from ``tier``: cached ones (``cached``, read
+    from ``path`` when not given) are kept, the rest generated ``batch_size`` at a time (all
+    in flight at once) and appended to ``path`` batch by batch, so an interrupt loses one
+    batch. Items that repeat a request are generated once."""
     from tqdm import tqdm
 
-    records = read_cache(path) if records is None else records
-    todo = [item for item in items if item.id not in records]
+    cached = cache.read(path) if cached is None else cached
+    keyed = {}
+    for item in items:
+        keyed.setdefault(cache.request_key(to_request(item)), item)
+    todo = [(key, item) for key, item in keyed.items() if key not in cached]
     if todo:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file():  # drop a torn last line before appending
-            text = path.read_text(encoding="utf-8")
-            if text and not text.endswith("\n"):
-                path.write_text(text[: text.rfind("\n") + 1], encoding="utf-8")
-        with open(path, "a", encoding="utf-8") as sink, tqdm(
-            total=len(items), initial=len(items) - len(todo), desc=tier.name, unit="item", disable=not progress,
+        with cache.Writer(path) as writer, tqdm(
+            total=len(keyed), initial=len(keyed) - len(todo), desc=tier.name, unit="item", disable=not progress,
             file=sys.stderr,
         ) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start : start + batch_size]
-                results = run(tier.generate_many([to_request(i) for i in batch]))
-                for item, result in zip(batch, results):
-                    line = json.dumps({"id": item.id, "result": asdict(result),
-                                       "correct": is_correct(result.text, item.answers, item.kind, item.options)})
-                    records[item.id] = json.loads(line)  # the same form a resumed run reads back
-                    sink.write(line + "\n")
-                sink.flush()
+                results = run(tier.generate_many([to_request(item) for _, item in batch]))
+                written = writer.append((key, item.id, result) for (key, item), result in zip(batch, results))
+                cached.update({key: result for (key, _), result in zip(batch, written)})
                 bar.update(len(batch))
-    return {item.id: records[item.id] for item in items}
+    return cached
+
+
+def _generate_with_restarts(config: CascadeConfig, tier_name: str, items: Sequence[Item], path, batch_size: int,
+                            progress: bool, cached: dict) -> None:
+    """Generate what the cache lacks with a freshly started engine; when the engine dies,
+    start it again and resume, unless the previous restart made no progress."""
+    from vcascade.engine.tiers import build_tiers, shutdown_tiers
+
+    os.environ.setdefault("VLLM_EXECUTE_MODEL_TIMEOUT_SECONDS", str(RPC_TIMEOUT_SECONDS))
+    restarts = 0
+    while True:
+        before = len(cached)
+        tier = run(build_tiers(config, only=[tier_name]))[0]
+        try:
+            generate_missing(tier, items, path, batch_size, progress, cached=cached)
+            return
+        except EngineDeadError as err:
+            progressed = len(cached) > before
+            if restarts >= MAX_ENGINE_RESTARTS or (restarts and not progressed):
+                raise EngineDeadError(
+                    f"{err}; gave up after {restarts} restart(s) "
+                    + ("(no batch finished since the last one)" if restarts and not progressed else "")
+                    + f". Generated answers are cached in {path}: rerun the same command to resume.") from err
+            restarts += 1
+            message = (f"tier {tier_name}: the vLLM engine died ({err.__cause__ or err}); restarting it "
+                       f"({restarts} of at most {MAX_ENGINE_RESTARTS}) and resuming from the cache")
+            log.warning(message)
+            print(message, file=sys.stderr)
+        finally:
+            try:
+                run(shutdown_tiers([tier]))
+            except Exception as err:  # a dead engine may fail to shut down cleanly; it is gone either way
+                log.info("tier %s: shutdown after failure: %s", tier_name, err)
 
 
 def collect(config: CascadeConfig, items: Sequence[Item], batch_size: int = 64, tiers=None,
-            cache_root: Path | None = None, progress: bool = True) -> list[dict]:
-    """Per tier (cost order), the records of every item, by item id.
+            cache_root=None, progress: bool = True) -> list[dict]:
+    """Per tier (cost order), ``{item id: {"result": TierResult dict, "correct": bool}}``.
 
-    Engines start only for tiers whose caches lack items, one at a time (each gets all the
-    cores) and are shut down when done; ``tiers`` injects started tiers (tests, benchmarks).
+    Engines start only for tiers whose caches lack requests, one at a time (each gets all
+    the cores) and are shut down when done; ``tiers`` injects started tiers (tests,
+    benchmarks), which are never restarted.
     """
-    from vcascade.engine.tiers import build_tiers, shutdown_tiers
-
-    by_source: dict[str, list[Item]] = {}
-    for item in items:
-        by_source.setdefault(item.source, []).append(item)
     out = []
+    keys = [cache.request_key(to_request(item)) for item in items]
     for index, tier_config in enumerate(config.tiers):
-        identity = tier_identity(tier_config, config)
-        paths = {source: cache_path(source, identity, cache_root) for source in by_source}
-        cached = {source: read_cache(path) for source, path in paths.items()}
-        missing = [s for s, group in by_source.items() if any(item.id not in cached[s] for item in group)]
-        records: dict[str, dict] = {}
-        for source in by_source:
-            if source not in missing:
-                records.update({item.id: cached[source][item.id] for item in by_source[source]})
-        if missing:
-            tier = tiers[index] if tiers is not None else run(build_tiers(config, only=[tier_config.name]))[0]
-            try:
-                for source in missing:
-                    records.update(generate_missing(tier, by_source[source], paths[source], batch_size, progress,
-                                                    records=cached[source]))
-            finally:
-                if tiers is None:
-                    run(shutdown_tiers([tier]))
-        out.append({item.id: records[item.id] for item in items})
+        path = cache.tier_cache_path(tier_identity(tier_config, config), cache_root)
+        cached = cache.read(path)
+        if any(key not in cached for key in keys):
+            if tiers is not None:
+                generate_missing(tiers[index], items, path, batch_size, progress, cached=cached)
+            else:
+                _generate_with_restarts(config, tier_config.name, items, path, batch_size, progress, cached)
+        out.append({item.id: {"result": cached[key],
+                              "correct": is_correct(cached[key]["text"], item.answers, item.kind, item.options)}
+                    for item, key in zip(items, keys)})
     return out
 
 

@@ -152,9 +152,18 @@ def policy_from_artifact(artifact: dict[str, Any], path: str | Path = "<artifact
         skip = skip_from_spec(spec["skip"]) if spec.get("skip") else None
     except LearnedRuleError as err:
         raise ArtifactError(f"{path}: {err}") from None
-    thresholds = tuple(math.inf if t is None else float(t) for t in spec["thresholds"])
-    skip_threshold = spec.get("skip_threshold")
-    return Policy(rules, thresholds, skip, None if skip is None else float(skip_threshold))
+    def floats(values) -> tuple[float, ...]:
+        return tuple(math.inf if t is None else float(t) for t in values)
+
+    thresholds = floats(spec["thresholds"])
+    skip_threshold = None if skip is None else float(spec.get("skip_threshold"))
+    groups = spec.get("groups") or {}
+    by_group = {name: (floats(g["thresholds"]), None if skip is None else float(g["skip_threshold"]))
+                for name, g in groups.items()}
+    fallback = spec.get("fallback_group") if groups else None
+    if groups:  # the top-level thresholds are the fallback group's
+        thresholds, skip_threshold = by_group[fallback]
+    return Policy(rules, thresholds, skip, skip_threshold, by_group, fallback)
 
 
 def load_artifact_policy(path: str | Path, config: CascadeConfig, force: bool = False) -> Policy:

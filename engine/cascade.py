@@ -23,10 +23,11 @@ from typing import AsyncIterator, Sequence
 
 from .errors import TierUnavailableError
 from .policy import Policy
+from .scope import Scope
 from .tiers.base import Chunk, Tier
 from .types import Answer, Request, TierResult, TraceStep
-from .uncertainty.rules import Query, embed_queries
-from .uncertainty.threads import single_threaded
+from .uncertainty.batching import ScoringBatcher
+from .uncertainty.rules import Query
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Overhead:
 class Cascade:
     """Ordered tiers (cheapest first) under one deferral ``Policy``."""
 
-    def __init__(self, tiers: Sequence[Tier], policy: Policy):
+    def __init__(self, tiers: Sequence[Tier], policy: Policy, scope: Scope | None = None):
         if not tiers:
             raise ValueError("a cascade needs at least one tier")
         if len(policy.thresholds) != len(tiers) - 1:
@@ -89,6 +90,10 @@ class Cascade:
                                  "configure 'samples' on that tier")
         self.tiers = list(tiers)
         self.policy = policy
+        self.scorer = ScoringBatcher()
+        """Scores the requests waiting together in one batch (``engine.uncertainty.batching``)."""
+        self.scope = scope if scope is not None else Scope.uncalibrated()
+        """The requests the policy's guarantee covers (uncalibrated: none)."""
 
     @property
     def tier_seconds(self) -> dict[str, float]:
@@ -109,14 +114,16 @@ class Cascade:
         if not 0 <= first <= last < len(self.tiers):
             raise ValueError(f"tier range {first}..{last} is outside 0..{len(self.tiers) - 1}")
         overhead = overhead if overhead is not None else Overhead()
+        policy, group, _ = self.policy.for_group(request.group)
+        out_of_scope = self.scope.reasons(request, self.tiers, first, last)
         query = Query(request)
         trace: list[TraceStep] = []
         start = first
-        if first == 0 < last and self.policy.skip is not None:
+        if first == 0 < last and policy.skip is not None:
             score = await self._score(overhead, query, None, None)
-            if self.policy.skips(score):
-                trace.append(TraceStep(self.tiers[0].name, score, self.policy.skip_threshold, "skip", 0, 0, 0.0,
-                                       detail=self.policy.skip.name))
+            if policy.skips(score):
+                trace.append(TraceStep(self.tiers[0].name, score, policy.skip_threshold, "skip", 0, 0, 0.0,
+                                       detail=policy.skip.name))
                 start = 1
         kept: tuple[int, TierResult, float | None] | None = None
         for index in range(start, last + 1):
@@ -137,16 +144,17 @@ class Cascade:
                 # fall back to the last answer only if none of this tier's text went out yet
                 if tier.config.on_error != "previous_answer" or kept is None or emitted:
                     raise
-                trace.append(TraceStep(tier.name, None, self.policy.threshold(index), "error", 0, 0, 0.0,
+                trace.append(TraceStep(tier.name, None, policy.threshold(index), "error", 0, 0, 0.0,
                                        detail=str(err)))
+                out_of_scope.append("fallback_answer")
                 break
             overhead.add("rendering", result.render_seconds, result.render_cpu_seconds)
             score = None
-            if index < len(self.policy.rules):
+            if index < len(policy.rules):
                 score = await self._score(overhead, query, index, result)
-            accepted = final or self.policy.accepts(index, score)
+            accepted = final or policy.accepts(index, score)
             decision = "final" if final else ("accept" if accepted else "escalate")
-            trace.append(TraceStep(tier.name, score, None if final else self.policy.threshold(index), decision,
+            trace.append(TraceStep(tier.name, score, None if final else policy.threshold(index), decision,
                                    result.prompt_tokens, result.completion_tokens, result.seconds))
             kept = (index, result, score)
             if accepted:
@@ -159,7 +167,8 @@ class Cascade:
         if trace[-1].decision == "error":
             yield Delta(_whole(result), index, trace)
         yield Answer(text=result.text, tier=self.tiers[index].name, tier_index=index, score=score,
-                     finish_reason=result.finish_reason, trace=trace, id=request.id, result=result)
+                     finish_reason=result.finish_reason, trace=trace, id=request.id, result=result,
+                     out_of_scope=out_of_scope, group=group)
 
     async def answer(self, request: Request, first: int = 0, last: int | None = None) -> Answer:
         """The cascade's answer to one request (see ``stream``)."""
@@ -176,21 +185,11 @@ class Cascade:
     async def _score(self, overhead: Overhead, query: Query, index: int | None, result: TierResult | None) -> float:
         """The skip rule's score (``index`` None) or tier ``index``'s rule score of ``result``."""
         rule = self.policy.skip if index is None else self.policy.rules[index]
-        if rule.needs_embedding and query.embedding is None:
-            started = time.perf_counter()
-            cpu = await asyncio.to_thread(_embed_cpu_seconds, query)
-            overhead.add("embedding", time.perf_counter() - started, cpu)
-        with overhead.span("scoring"), single_threaded():
-            score = rule.score_many([query]) if index is None else rule.score_many([query], [result])
-        return float(score[0])
-
-
-def _embed_cpu_seconds(query: Query) -> float:
-    """Embed the query's prompt (in a worker thread); return the CPU seconds it took."""
-    started = time.thread_time()
-    with single_threaded():
-        embed_queries([query])
-    return time.thread_time() - started
+        scored = await self.scorer.score(rule, query, result)  # batched with the requests waiting meanwhile
+        if scored.featurized:
+            overhead.add("embedding", scored.embedding_wall, scored.embedding_cpu)
+        overhead.add("scoring", scored.wait + scored.scoring_wall, scored.scoring_cpu)
+        return scored.score
 
 
 def _whole(result: TierResult) -> Chunk:

@@ -10,6 +10,7 @@ from .artifact import ArtifactError, load_artifact_policy, mismatch, read_artifa
 from .cascade import Cascade
 from .config import CascadeConfig
 from .policy import Policy
+from .scope import Scope
 from .tiers import build_tiers
 
 
@@ -21,13 +22,23 @@ def build_policy(config: CascadeConfig, force_artifact: bool = False) -> Policy:
     return Policy.from_signal(config.signal, config.thresholds)
 
 
+def build_scope(config: CascadeConfig, force_artifact: bool = False) -> Scope:
+    """The requests the configured policy's guarantee covers (none without an artifact; an
+    artifact forced onto tiers it does not match covers none either)."""
+    if not config.artifact:
+        return Scope.uncalibrated()
+    artifact = read_artifact(config.artifact)
+    return Scope.from_artifact(artifact, forced=force_artifact and mismatch(artifact, config) is not None)
+
+
 async def build_cascade(config: CascadeConfig, only: str | None = None, warmup_batch: int = 8,
                         force_artifact: bool = False) -> Cascade:
     """The configured ``Cascade`` over started tiers; ``only`` runs one tier alone."""
     policy = Policy.from_signal(config.signal, ()) if only else build_policy(config, force_artifact)
+    scope = Scope.uncalibrated() if only else build_scope(config, force_artifact)
     tiers = await build_tiers(config, only=[only] if only else None, warmup_batch=warmup_batch)
     if config.artifact and not only and not force_artifact:
         problem = mismatch(read_artifact(config.artifact), config, live=[t.backend for t in tiers])
         if problem:
             raise ArtifactError(f"{config.artifact} does not match the running tiers: {problem}")
-    return Cascade(tiers, policy)
+    return Cascade(tiers, policy, scope)

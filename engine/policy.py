@@ -5,12 +5,18 @@ and escalates to tier i + 1 otherwise; the last tier always answers. With a skip
 request whose pre-generation score is below ``skip_threshold`` does not visit tier 0 at
 all (it would almost surely escalate, so tier 0's cost would be wasted). Thresholds come
 from the config or from a calibration artifact.
+
+A per-group artifact (Mondrian calibration) certifies thresholds per group of traffic:
+``by_group`` maps each group to its ``(thresholds, skip_threshold)``, the same rules, and
+``for_group`` picks them; a request of no known group gets the most conservative group's
+(``fallback_group``: the one that escalates most on its calibration items).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from typing import Mapping
 
 from .uncertainty.rules import Rule, SignalRule, SkipRule
 
@@ -23,6 +29,8 @@ class Policy:
     thresholds: tuple[float, ...]
     skip: SkipRule | None = None
     skip_threshold: float | None = None
+    by_group: Mapping[str, tuple[tuple[float, ...], float | None]] = field(default_factory=dict)
+    fallback_group: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
@@ -33,6 +41,19 @@ class Policy:
             raise ValueError("thresholds must not be NaN")
         if (self.skip is None) != (self.skip_threshold is None):
             raise ValueError("a skip rule needs a skip threshold and vice versa")
+        if self.by_group and self.fallback_group not in self.by_group:
+            raise ValueError(f"the fallback group {self.fallback_group!r} is not one of the policy's groups")
+
+    def for_group(self, group: str | None) -> tuple["Policy", str | None, bool]:
+        """``(policy, group used, known)``: the thresholds of ``group``, or the fallback
+        group's when ``group`` is unknown (``known`` false); ``self`` without groups."""
+        if not self.by_group:
+            return self, None, True
+        known = group in self.by_group
+        name = group if known else self.fallback_group
+        thresholds, skip_threshold = self.by_group[name]
+        return replace(self, thresholds=tuple(thresholds), skip_threshold=skip_threshold, by_group={},
+                       fallback_group=None), name, known
 
     @classmethod
     def from_signal(cls, signal: str, thresholds) -> "Policy":
@@ -49,6 +70,9 @@ class Policy:
         parts = [f"tier {i}: {r.name} >= {t:.4g}" for i, (r, t) in enumerate(zip(self.rules, self.thresholds))]
         if self.skip is not None:
             parts.append(f"skip tier 0 when {self.skip.name} < {self.skip_threshold:.4g}")
+        if self.by_group:
+            parts.append(f"per-group thresholds for {len(self.by_group)} groups (shown: {self.fallback_group}, "
+                         "the fallback for unknown groups)")
         return "; ".join(parts) or "single tier"
 
     def threshold(self, tier_index: int) -> float | None:

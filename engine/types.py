@@ -23,7 +23,9 @@ class Request:
 
     Decoding overrides (``None``: the tier's configured value): ``max_tokens``,
     ``temperature``, ``top_p``, ``stop``, ``seed``. A calibration certifies the tiers'
-    configured decoding; ``Tier.keeps_calibrated_decoding`` tells when a request departs from it.
+    configured decoding; ``engine.scope.Scope`` tells when a request departs from it.
+    ``group`` names the kind of traffic the request belongs to (a per-group artifact has a
+    policy per group); it never changes what a tier generates.
     """
 
     prompt: str | None = None
@@ -35,6 +37,7 @@ class Request:
     stop: tuple[str, ...] | None = None
     seed: int | None = None
     id: str | None = None
+    group: str | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -159,6 +162,14 @@ class Answer:
     id: str | None = None
     result: TierResult | None = field(default=None, repr=False, compare=False)
     """The answering tier's full result (tokens and logprobs), for API responses."""
+    out_of_scope: list[str] = field(default_factory=list)
+    """Why the calibrated guarantee does not cover this answer (``engine.scope.REASONS``); empty: it does."""
+    group: str | None = None
+    """The group whose policy decided (a per-group artifact), ``None`` for one policy."""
+
+    @property
+    def in_scope(self) -> bool:
+        return not self.out_of_scope
 
     @property
     def escalated(self) -> bool:

@@ -105,6 +105,7 @@ class Service:
                      "ttft_seconds": ttft, "overhead_seconds": overhead.seconds, "overhead": overhead.parts,
                      "overhead_cpu_seconds": overhead.cpu_seconds, "overhead_cpu": overhead.cpu,
                      "generation_seconds": sum(s.seconds for s in answer.trace),
+                     "in_scope": answer.in_scope, "out_of_scope": answer.out_of_scope, "group": answer.group,
                      "trace": [s.__dict__ for s in answer.trace]}
             self.log.write(json.dumps(entry) + "\n")
             self.log.flush()
@@ -129,9 +130,10 @@ async def _cancel_on_disconnect(request: Request, work):
     raise APIError(499, "client disconnected; the request was aborted")
 
 
-def _engine_request(body: ChatCompletionRequest | CompletionRequest, chat: bool, request_id: str) -> EngineRequest:
+def _engine_request(body: ChatCompletionRequest | CompletionRequest, chat: bool, request_id: str,
+                    group: str | None = None) -> EngineRequest:
     common = dict(max_tokens=body.output_limit(), temperature=body.temperature, top_p=body.top_p,
-                  stop=body.stop_sequences(), seed=body.seed, id=request_id)
+                  stop=body.stop_sequences(), seed=body.seed, id=request_id, group=group)
     try:
         if chat:
             messages = tuple({"role": "system" if m.role == "developer" else m.role, "content": m.text()}
@@ -163,9 +165,9 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
         if k is not None and k > service.logprobs_cap:
             param = "top_logprobs" if chat else "logprobs"
             raise APIError(400, f"{param} must be <= {service.logprobs_cap} (the tiers' configured logprobs)", param)
-        engine_request = _engine_request(body, chat, request_id)
-        calibrated = all(t.keeps_calibrated_decoding(engine_request) for t in cascade.tiers[first : last + 1])
-        shape = Shape(chat=chat, model=body.model, logprobs=k, calibrated_decoding=calibrated,
+        group = (body.cascade.group if body.cascade else None) or raw.headers.get("x-vcascade-group") or None
+        engine_request = _engine_request(body, chat, request_id, group)
+        shape = Shape(chat=chat, model=body.model, logprobs=k,
                       include_usage=bool(body.stream_options and body.stream_options.include_usage))
         service.admit()
         overhead = Overhead()
@@ -203,9 +205,11 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> ModelList:
         tiers = cascade.tiers
+        covered = cascade.scope.calibrated and not cascade.scope.forced  # a forced artifact guarantees nothing
         cards = [ModelCard(id=settings.served_model_name, max_model_len=min(t.max_model_len for t in tiers),
                            cascade={"tiers": [t.name for t in tiers], "policy": cascade.policy.describe(),
-                                    "guarantee": settings.guarantee})]
+                                    "guarantee": settings.guarantee if covered else None,
+                                    "scope": cascade.scope.to_dict() if covered else None})]
         cards += [ModelCard(id=t.name, root=t.config.model, max_model_len=t.max_model_len) for t in tiers]
         return ModelList(data=cards)
 

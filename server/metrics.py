@@ -80,11 +80,20 @@ class Metrics:
                                   registry=r)
         self.prompt_tokens = Counter("vcascade:prompt_tokens", "Prompt tokens processed", ["tier"], registry=r)
         self.generation_tokens = Counter("vcascade:generation_tokens", "Tokens generated", ["tier"], registry=r)
+        self.in_scope = Counter("vcascade:requests_in_scope", "Answers the artifact's guarantee covers",
+                                ["model_name"], registry=r)
+        self.out_of_scope = Counter("vcascade:requests_out_of_scope",
+                                    "Answers outside the guarantee's scope, by reason (an answer may have several)",
+                                    ["model_name", "reason"], registry=r)
         self.in_flight = Gauge("vcascade:num_requests_in_flight", "Requests admitted and not finished", registry=r)
         self.registry.register(EngineCollector(tiers))
 
     def observe(self, model_name: str, answer: Answer, e2e: float, ttft: float | None, overhead):
         self.success.labels(model_name, answer.finish_reason or "unknown").inc()
+        if answer.in_scope:
+            self.in_scope.labels(model_name).inc()
+        for reason in answer.out_of_scope:  # values from engine.scope.REASONS: bounded
+            self.out_of_scope.labels(model_name, reason).inc()
         self.answers.labels(model_name, answer.tier).inc()
         for step in answer.trace:
             if step.decision == "skip":

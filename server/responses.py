@@ -10,6 +10,7 @@ headers ``x-vcascade-tier``, ``x-vcascade-escalated``, ``x-vcascade-score``.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,7 +29,6 @@ class Shape:
     chat: bool
     model: str
     logprobs: int | None
-    calibrated_decoding: bool
     include_usage: bool = False
 
 
@@ -47,15 +47,24 @@ def decision_headers(tier: str, tier_index: int, trace: Sequence[TraceStep]) -> 
             "x-vcascade-score": "none" if score is None else f"{score:.6g}"}
 
 
-def cascade_info(answer: Answer, models: dict[str, str], calibrated: bool) -> CascadeInfo:
-    steps = [TraceEntry(tier=s.tier, model=models[s.tier], score=s.score, threshold=s.threshold, decision=s.decision,
+def _finite(value: float | None) -> float | None:
+    """JSON has no infinities: an infinite score (an empty answer) or threshold (accept all /
+    none) is sent as null; the decision beside it says what happened."""
+    return value if value is None or math.isfinite(value) else None
+
+
+def cascade_info(answer: Answer, models: dict[str, str]) -> CascadeInfo:
+    steps = [TraceEntry(tier=s.tier, model=models[s.tier], score=_finite(s.score), threshold=_finite(s.threshold),
+                        decision=s.decision,
                         prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens, seconds=s.seconds,
                         detail=s.detail) for s in answer.trace]
     step = decisive_step(answer.trace)
     return CascadeInfo(tier=answer.tier, tier_index=answer.tier_index, model=models[answer.tier],
-                       score=None if step is None else step.score, threshold=None if step is None else step.threshold,
+                       score=None if step is None else _finite(step.score),
+                       threshold=None if step is None else _finite(step.threshold),
                        escalated=answer.escalated, skipped=any(s.decision == "skip" for s in answer.trace),
-                       calibrated_decoding=calibrated, trace=steps)
+                       in_scope=answer.in_scope, out_of_scope=list(answer.out_of_scope), group=answer.group,
+                       trace=steps)
 
 
 def _usage(answer: Answer) -> Usage:
@@ -89,7 +98,7 @@ def completion_logprobs(tokens: Sequence[str], logprobs: Sequence[float], top: S
 def full_response(request_id: str, shape: Shape, answer: Answer, models: dict[str, str]):
     """The non-streamed body for one answer."""
     result = answer.result
-    info = cascade_info(answer, models, shape.calibrated_decoding)
+    info = cascade_info(answer, models)
     if shape.chat:
         logprobs = None
         if shape.logprobs is not None:
@@ -150,7 +159,7 @@ class ChunkWriter:
         choice = {"index": 0, "logprobs": None, "finish_reason": answer.finish_reason}
         choice.update({"delta": empty} if self.shape.chat else {"text": ""})
         body = self._base([choice])
-        body["cascade"] = cascade_info(answer, models, self.shape.calibrated_decoding).model_dump()
+        body["cascade"] = cascade_info(answer, models).model_dump()
         out = self._event(body)
         if self.shape.include_usage:
             usage = self._base([])

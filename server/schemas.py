@@ -22,10 +22,12 @@ class _Request(BaseModel):
 
 
 class CascadeOptions(BaseModel):
-    """The request extension: ``max_tier`` forbids escalation past that tier index."""
+    """The request extension: ``max_tier`` forbids escalation past that tier index; ``group``
+    names the request's kind of traffic for a per-group artifact (also header ``x-vcascade-group``)."""
 
     model_config = ConfigDict(extra="forbid")
     max_tier: int | None = Field(None, ge=0)
+    group: str | None = Field(None, min_length=1, max_length=200)
 
 
 class StreamOptions(BaseModel):
@@ -130,7 +132,11 @@ class CascadeInfo(BaseModel):
     threshold: float | None = Field(description="the threshold that score was compared with")
     escalated: bool
     skipped: bool
-    calibrated_decoding: bool = Field(description="false when the request overrode the calibrated decoding")
+    in_scope: bool = Field(description="true when the artifact's guarantee covers this request")
+    out_of_scope: list[str] = Field(description="why it does not (empty when in scope): max_tokens, system_prompt, "
+                                                "endpoint, decoding, tier_range, fallback_answer, forced_artifact, "
+                                                "group_unknown, uncalibrated")
+    group: str | None = Field(None, description="the group whose thresholds decided (per-group artifacts)")
     trace: list[TraceEntry]
 
 

@@ -70,7 +70,7 @@ def test_default_cascade_behind_the_server_answers_the_openai_client(default_cas
         body = reply.parse()
         decision = body.model_extra["cascade"]
         first = decision["trace"][0]
-        assert reply.headers["x-vcascade-tier"] == decision["tier"] and decision["calibrated_decoding"]
+        assert reply.headers["x-vcascade-tier"] == decision["tier"] and decision["in_scope"]
         if first["decision"] == "skip":
             assert first["score"] < policy.skip_threshold and decision["tier"] == "qwen-1.5b"
         else:

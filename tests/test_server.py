@@ -63,7 +63,7 @@ def test_chat_completion_carries_the_decision_in_body_and_headers(client, tiny_c
     assert first["tier"] == "tiny-a" and first["threshold"] == -1.0
     assert float(raw.headers["x-vcascade-score"]) == pytest.approx(first["score"], rel=1e-5)
     assert first["decision"] == ("escalate" if first["score"] < -1.0 else "accept")
-    assert cascade["calibrated_decoding"] is True and cascade["model"].endswith(cascade["tier"])
+    assert cascade["out_of_scope"] == ["uncalibrated"] and cascade["model"].endswith(cascade["tier"])
     content = response.choices[0].logprobs.content
     assert len(content) == response.usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in content)
     assert "".join(t.token for t in content) == response.choices[0].message.content

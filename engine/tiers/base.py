@@ -106,8 +106,9 @@ class Tier:
         )
 
     def keeps_calibrated_decoding(self, request: Request) -> bool:
-        """Does ``request`` decode as this tier was calibrated (its overrides, if any, equal the
-        configured values)? ``max_tokens`` only truncates, so it does not count."""
+        """Does ``request`` sample as this tier was calibrated (temperature, top_p, stop and seed
+        overrides, if any, equal the configured values)? ``max_tokens`` and the instructions
+        are checked by ``engine.scope.Scope``."""
         s = self.config.sampling
         temperature = s.temperature if request.temperature is None else request.temperature
         return (temperature == s.temperature and (request.top_p is None or request.top_p == s.top_p)
