@@ -259,3 +259,236 @@ def test_p_values_agree_with_mapie():
             continue  # MAPIE takes ceil(m * r_hat) in floating point; skip products that round up
         theirs_binary = float(compute_hoeffding_bentkus_p_value(np.array([wrong / m]), m, alpha, binary=True)[0, 0])
         assert binomial_p_value(wrong, m, alpha) == pytest.approx(min(theirs_binary, 1.0), rel=1e-6, abs=1e-12)
+
+
+# ----------------------------------------------------- -inf scores (empty answers): certified = deployed
+#
+# Every built-in signal scores an empty answer -inf. The threshold path used to start with a
+# sentinel -inf ("accept all") and np.unique added a second -inf ("accept score > -inf");
+# both were deployed as `score >= -inf`, which accepts the empty answers the certificate
+# had excluded. The cases below are the two constructed in issue 14.
+
+from vcascade.calibration.conformal import (  # noqa: E402
+    CertificateError, FitError, check_fittable, conditional_quality_loss, item_losses, loss_if_accepted,
+    max_certified_losses,
+    min_items_for_fit, min_items_to_certify, p_value, price_of_guarantee, risk, threshold_path, binomial_certifies,
+)
+from vcascade.engine.policy import Policy  # noqa: E402  (pure Python: the deployed acceptance rule)
+
+
+def with_empty_answers(rng, n=1000, empty=0.15, right=0.97):
+    """``empty`` share of answers are empty (score -inf) and wrong; the others are right
+    with probability ``right``; the large tier is always right."""
+    is_empty = np.arange(n) < int(round(empty * n))
+    s = np.where(is_empty, -np.inf, rng.random(n))
+    small = ~is_empty & (rng.random(n) < right)
+    return CalibrationData(s[:, None], np.stack([small, np.ones(n, bool)], axis=1), np.tile([1.0, 3.0], (n, 1)))
+
+
+def deployed_quality_loss(data, thresholds):
+    """Quality loss of the thresholds as the engine's Policy applies them, item by item."""
+    policy = Policy.from_signal("mean_logprob", thresholds)
+    kept = np.array([policy.accepts(0, float(s)) for s in data.scores[:, 0]])
+    wrong = np.where(kept, ~data.correct[:, 0], ~data.correct[:, 1])
+    return float((wrong & data.correct[:, 1]).mean()), kept
+
+
+@pytest.mark.parametrize("delta", [0.1, None])
+def test_empty_answers_the_certificate_excluded_stay_excluded_when_deployed(delta):
+    data = with_empty_answers(np.random.default_rng(0))
+    fit = fit_thresholds(data, "quality-loss", 0.1, delta)
+    realized, kept = deployed_quality_loss(data, fit.thresholds)
+    assert fit.feasible and math.isfinite(fit.thresholds[0])  # was: thresholds [-inf], feasible False
+    assert realized == pytest.approx(fit.empirical_risk) == pytest.approx(fit.certificate["losses"] / data.n)
+    assert realized <= 0.1  # was 0.177: every empty answer accepted
+    assert not kept[np.isneginf(data.scores[:, 0])].any() and fit.acceptance[0] == pytest.approx(0.85)
+
+
+def test_threshold_functions_never_deploy_minus_inf_when_empty_answers_must_escalate():
+    data = with_empty_answers(np.random.default_rng(1))
+    for t in (crc_threshold(data, "quality-loss", 0.1), fixed_sequence_threshold(data, "quality-loss", 0.1, 0.1),
+              crc_threshold(data, "accept-error", 0.1), fixed_sequence_threshold(data, "accept-error", 0.1, 0.1)):
+        assert math.isfinite(t)
+        assert deployed_quality_loss(data, [t])[0] <= 0.1
+
+
+def test_infeasible_with_empty_answers_always_escalates_with_plus_inf():
+    data = with_empty_answers(np.random.default_rng(2), n=15)  # 15 < 22 items: nothing certifiable at α = δ = 0.1
+    fit = fit_thresholds(data, "quality-loss", 0.1, 0.1)
+    assert not fit.feasible and fit.thresholds == [math.inf] and fit.acceptance[0] == 0.0
+    assert "needs at least 22" in fit.reason
+    assert deployed_quality_loss(data, fit.thresholds)[1].sum() == 0
+
+
+def test_all_answers_empty():
+    rng = np.random.default_rng(3)
+    n = 200
+    data = CalibrationData(np.full((n, 1), -np.inf), np.stack([np.zeros(n, bool), rng.random(n) < 0.9], axis=1),
+                           np.tile([1.0, 3.0], (n, 1)))
+    thresholds, losses = threshold_path(data, "quality-loss")
+    assert list(thresholds) == [-math.inf, math.inf]  # accept all (once), accept none
+    fit = fit_thresholds(data, "quality-loss", 0.1, 0.1)
+    assert fit.feasible and fit.thresholds == [math.inf] and fit.empirical_risk == 0.0
+
+
+def test_accepting_empty_answers_is_deployed_as_minus_inf_only_when_certified():
+    """When the empties are mostly right (say, a task whose right answer is empty), accepting
+    everything is certified and -inf deploys exactly that set."""
+    rng = np.random.default_rng(4)
+    n = 1000
+    s = np.where(np.arange(n) < 150, -np.inf, rng.random(n))
+    data = CalibrationData(s[:, None], np.stack([rng.random(n) < 0.99, np.ones(n, bool)], axis=1),
+                           np.tile([1.0, 3.0], (n, 1)))
+    fit = fit_thresholds(data, "quality-loss", 0.1, 0.1)
+    assert fit.thresholds == [-math.inf] and fit.acceptance[0] == 1.0
+    assert deployed_quality_loss(data, fit.thresholds)[0] == pytest.approx(fit.empirical_risk)
+
+
+def test_threshold_path_counts_exactly_what_the_routing_accepts():
+    """Every path entry, with ties and -inf scores: its loss count is the deployed rule's."""
+    rng = np.random.default_rng(5)
+    for _ in range(30):
+        n = int(rng.integers(1, 60))
+        s = rng.choice([-np.inf, -2.0, -1.0, -0.5, 0.0, float(rng.normal())], size=n)
+        correct = rng.random((n, 2)) < [0.6, 0.8]
+        data = CalibrationData(s[:, None], correct, np.ones((n, 2)))
+        for target in ("accept-error", "quality-loss"):
+            thresholds, losses = threshold_path(data, target)
+            assert thresholds[0] == -math.inf and thresholds[-1] == math.inf and (np.diff(thresholds) > 0).all()
+            assert losses[-1] == 0 and (np.diff(losses) <= 0).all()
+            for t, k in zip(thresholds, losses):
+                assert item_losses(data, [t], target)[0].sum() == k
+
+
+def test_the_fit_refuses_a_configuration_whose_deployed_losses_differ_from_the_certified(monkeypatch):
+    """The old path (sentinel -inf plus np.unique's -inf, both deployed as -inf) trips the check."""
+    from vcascade.calibration.conformal import fits
+
+    def old_path(data, target):
+        s, lost = data.scores[:, 0], loss_if_accepted(data, target)
+        distinct = np.unique(s)
+        counts = np.array([lost[s > lam].sum() for lam in distinct])
+        deployed = np.where(np.isneginf(distinct), -math.inf, np.nextafter(distinct, math.inf))  # "score > λ"
+        return np.concatenate([[-math.inf], deployed]), np.concatenate([[lost.sum()], counts])
+
+    monkeypatch.setattr(fits, "threshold_path", old_path)
+    with pytest.raises(CertificateError, match="deployed rule gives"):
+        fit_thresholds(with_empty_answers(np.random.default_rng(6)), "quality-loss", 0.1, 0.1)
+
+
+def test_bootstrap_spread_and_price_table_with_empty_answers():
+    data = with_empty_answers(np.random.default_rng(7))
+    spread = realized_risk_spread(data, "quality-loss", 0.1, None, resamples=100)
+    assert spread["share_above_alpha"] < 0.5 and spread["mean_risk"] < 0.1  # was 1.0 and 0.177
+    price = price_of_guarantee(data, "quality-loss", 0.1, 0.1, resamples=50)
+    assert set(price) == {"high-probability", "marginal", "no-guarantee"}
+    for row in price.values():
+        assert math.isfinite(row["threshold"]) and row["empirical_risk"] <= 0.1
+    assert "spread" in price["marginal"] and "spread" not in price["high-probability"]
+
+
+def test_skip_rule_with_empty_answers_keeps_its_certificate():
+    data = skip_and_defer(np.random.default_rng(8), 2000)
+    s = data.scores.copy()
+    s[:300, 0] = -np.inf
+    correct = data.correct.copy()
+    correct[:300, 0] = False
+    data = CalibrationData(s, correct, data.costs, data.skip_scores)
+    fit = fit_thresholds(data, "quality-loss", ALPHA, DELTA)  # re-checks the certificate inside
+    assert fit.feasible and fit.certificate["tested"] == 2000 - 600
+    assert risk(data, fit.config, "quality-loss") == pytest.approx(fit.empirical_risk)
+    price = price_of_guarantee(data, "quality-loss", ALPHA, DELTA)
+    assert "marginal" not in price and price["high-probability"]["skip_threshold"] == fit.skip_threshold
+
+
+def test_plus_inf_scores_are_refused():
+    with pytest.raises(ValueError, match=r"\+inf is the threshold that accepts nothing"):
+        CalibrationData(np.array([[np.inf], [0.0]]), np.ones((2, 2), bool), np.ones((2, 2)))
+
+
+# ----------------------------------------------------- how many items can certify α; refusing early
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.05, 0.1, 0.2, 0.3])
+@pytest.mark.parametrize("delta", [0.01, 0.05, 0.1, 0.2])
+def test_min_items_to_certify_is_the_smallest_n_where_zero_losses_pass(alpha, delta):
+    n = min_items_to_certify(alpha, delta)
+    assert (1 - alpha) ** n <= delta < (1 - alpha) ** (n - 1)
+    assert min_items_to_certify(alpha, delta, "hoeffding-bentkus") == n
+    assert p_value("hoeffding-bentkus", 0, n, alpha) <= delta < p_value("hoeffding-bentkus", 0, n - 1, alpha)
+    crc = min_items_to_certify(alpha, None)
+    assert 1 / (crc + 1) <= alpha < 1 / crc
+    # the fits agree: one item fewer is infeasible, exactly n with zero losses is feasible
+    for m, ok in ((n - 1, False), (n, True)):
+        data = CalibrationData(np.linspace(0, 1, m)[:, None], np.ones((m, 2), bool), np.ones((m, 2)))
+        assert fit_thresholds(data, "quality-loss", alpha, delta).feasible is ok
+    for m, ok in ((crc - 1, False), (crc, True)):
+        if m > 0:
+            data = CalibrationData(np.linspace(0, 1, m)[:, None], np.ones((m, 2), bool), np.ones((m, 2)))
+            assert fit_thresholds(data, "quality-loss", alpha, None).feasible is ok
+
+
+def test_max_certified_losses_matches_the_tests():
+    for n in (22, 100, 1000):
+        for delta in (None, 0.1):
+            k = max_certified_losses(n, 0.1, delta)
+            if delta is None:
+                assert (k + 1) / (n + 1) <= 0.1 < (k + 2) / (n + 1)
+            else:
+                assert binomial_certifies([k], n, 0.1, delta)[0] and not binomial_certifies([k + 1], n, 0.1, delta)[0]
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(target="quality-loss", delta=None, n_tiers=2, has_skip=True), ["cannot fit a skip rule", "--no-skip"]),
+    (dict(target="selective-error", delta=None, n_tiers=2, has_skip=False), ["does not exist for selective-error",
+                                                                             "pass a δ"]),
+    (dict(target="accept-error", delta=None, n_tiers=3, has_skip=False), ["3 tiers", "Learn-then-Test"]),
+    (dict(target="quality-loss", delta=0.1, n_tiers=2, has_skip=False, n=15), ["15 calibration items",
+                                                                               "at least 22", "more items"]),
+    (dict(target="quality-loss", delta=0.1, n_tiers=2, has_skip=True, n=25), ["at least 31", "learn-then-test"]),
+    (dict(target="quality-loss", delta=0.1, n_tiers=2, has_skip=False, group_sizes={"math": 12, "trivia": 900}),
+     ["'math' has 12", "at least 22"]),
+    (dict(target="quality-loss", delta=0.1, n_tiers=2, has_skip=False, group_sizes={"a": 25, "b": 900},
+          delta_split="bonferroni"), ["'a' has 25", "δ/G with G = 2", "at least 29"]),
+    (dict(target="quality-loss", delta=None, n_tiers=2, has_skip=False, group_sizes={"a": 50},
+          delta_split="bonferroni"), ["bonferroni", "per-group"]),
+    (dict(target="accuracy", delta=0.1, n_tiers=2, has_skip=False), ["unknown target 'accuracy'"]),
+    (dict(target="quality-loss", delta=1.5, n_tiers=2, has_skip=False), ["delta must be in (0, 1)"]),
+])
+def test_check_fittable_refuses_with_reason_and_alternative(kwargs, words):
+    kwargs = {"alpha": 0.1, **kwargs}
+    with pytest.raises(FitError) as err:
+        check_fittable(**kwargs)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_check_fittable_returns_the_method_and_the_fit_refuses_with_the_same_words():
+    assert check_fittable("quality-loss", 0.1, None, 2, False, n=50) == "conformal-risk-control"
+    assert check_fittable("quality-loss", 0.1, 0.1, 2, False, n=50) == "fixed-sequence-binomial"
+    assert check_fittable("quality-loss", 0.1, 0.1, 2, True, n=50) == "learn-then-test"
+    assert check_fittable("selective-error", 0.1, 0.1, 3, False) == "learn-then-test"
+    assert min_items_for_fit(0.1, 0.1, "learn-then-test") == 31  # 31 - round(0.3 · 31) = 22 tested
+    data = skip_and_defer(np.random.default_rng(9), 100)
+    with pytest.raises(FitError) as early:
+        check_fittable("quality-loss", 0.1, None, data.tiers, data.has_skip)
+    with pytest.raises(FitError) as deep:
+        fit_thresholds(data, "quality-loss", 0.1, None)
+    assert str(early.value) == str(deep.value) and early.value.alternative == "pass --no-skip, or a δ (e.g. --delta 0.1)"
+
+
+# ----------------------------------------------------- wording
+
+
+def test_quality_loss_statement_names_the_joint_probability_and_the_accuracy_bound():
+    data = two_tiers(np.random.default_rng(10), 1000)
+    fit = fit_thresholds(data, "quality-loss", 0.05, 0.1, largest="qwen-1.5b")
+    assert ("with probability >= 90% over the calibration draw, P(cascade wrong and qwen-1.5b right) <= 0.05, "
+            "i.e. accuracy at most 0.05 below always-qwen-1.5b") == fit.guarantee["statement"]
+    plain = fit_thresholds(data, "quality-loss", 0.05, None)
+    assert "P(cascade wrong and the largest tier right) <= 0.05" in plain.guarantee["statement"]
+    assert "where the largest tier is right" not in plain.guarantee["statement"]
+    # the conditional share is a larger figure, never part of the guarantee
+    share = conditional_quality_loss(data, fit.config)
+    assert share == pytest.approx(fit.empirical_risk * data.n / data.correct[:, 1].sum()) and share > fit.empirical_risk
+    assert "|" not in fit.guarantee["statement"]

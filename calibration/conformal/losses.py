@@ -148,8 +148,14 @@ def routing(data: CalibrationData, config) -> tuple[np.ndarray, np.ndarray]:
     accepted = data.scores >= thresholds[None, :]
     skipped = np.zeros(data.n, dtype=bool) if skip_threshold is None else data.skip_scores < skip_threshold
     accepted[:, 0] &= ~skipped
-    tier = np.where(accepted.any(axis=1), np.argmax(accepted, axis=1), data.tiers - 1)
-    return tier, skipped
+    return _first_accepting(accepted), skipped
+
+
+def _first_accepting(accepted: np.ndarray) -> np.ndarray:
+    """Index of the first True along the last axis, else its length (the last tier)."""
+    if accepted.shape[-1] == 1:
+        return (~accepted[..., 0]).astype(np.int64)
+    return np.where(accepted.any(axis=-1), np.argmax(accepted, axis=-1), accepted.shape[-1])
 
 
 def answering_tier(data: CalibrationData, config) -> np.ndarray:
@@ -231,7 +237,7 @@ def config_counts(data: CalibrationData, configs: np.ndarray, target: str) -> tu
     accepted = data.scores[None, :, :] >= configs[:, None, :k]  # (G, n, K-1)
     if data.skip_scores is not None:
         accepted[:, :, 0] &= ~(data.skip_scores[None, :] < configs[:, None, k])
-    tier = np.where(accepted.any(axis=2), np.argmax(accepted, axis=2), data.tiers - 1)  # (G, n)
+    tier = _first_accepting(accepted)  # (G, n)
     losses, at_risk = _losses_of(data.correct, tier, target)
     return losses.sum(axis=1), at_risk.sum(axis=1)
 

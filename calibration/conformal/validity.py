@@ -135,7 +135,7 @@ def validity_experiment(
     infeasible = np.zeros((splits, len(names)), dtype=bool)
     cost_ratio = np.empty((splits, len(names)))
     for s in range(splits):
-        picks = {g: rng.permutation(sizes[g])[:cal_counts[g]] for g in names}
+        picks = {g: rng.choice(sizes[g], cal_counts[g], replace=False) for g in names}
         cal_index = np.concatenate([index[g][picks[g]] for g in names])
         cal = pool.subset(cal_index)
         if grouped:
