@@ -181,5 +181,20 @@ def load_artifact_policy(path: str | Path, config: CascadeConfig, force: bool = 
 
 
 def guarantee_statement(artifact: dict[str, Any]) -> str:
-    """The guarantee in words, as the artifact states it."""
-    return (artifact.get("guarantee") or {}).get("statement", "no guarantee recorded")
+    """The guarantee in words, as the artifact states it.
+
+    Artifacts written before the statement named the joint probability say "quality loss
+    (cascade wrong where the largest tier is right) <= α", which reads as the conditional;
+    the same claim is returned in today's words (``calibration.conformal.statement``):
+    "P(cascade wrong and <largest> right) <= α, i.e. accuracy at most α below always-<largest>".
+    """
+    import re
+
+    statement = (artifact.get("guarantee") or {}).get("statement", "no guarantee recorded")
+    tiers = artifact.get("tiers") or []
+    largest = tiers[-1].get("name") if tiers and isinstance(tiers[-1], dict) else None
+    big = largest or "the largest tier"
+    always = f"always-{largest}" if largest else "always calling the largest tier"
+    return re.sub(r"quality loss \(cascade wrong where the largest tier is right\) <= ([0-9.eE+-]+)",
+                  lambda m: f"P(cascade wrong and {big} right) <= {m.group(1)}, i.e. accuracy at most {m.group(1)} "
+                            f"below {always}", statement)

@@ -492,3 +492,15 @@ def test_quality_loss_statement_names_the_joint_probability_and_the_accuracy_bou
     share = conditional_quality_loss(data, fit.config)
     assert share == pytest.approx(fit.empirical_risk * data.n / data.correct[:, 1].sum()) and share > fit.empirical_risk
     assert "|" not in fit.guarantee["statement"]
+
+
+def test_artifacts_with_the_old_wording_are_read_with_the_joint_one():
+    from vcascade.engine.artifact import guarantee_statement
+
+    old = {"tiers": [{"name": "qwen-0.5b"}, {"name": "qwen-1.5b"}],
+           "guarantee": {"statement": "with probability >= 90% over the calibration draw, quality loss (cascade "
+                                      "wrong where the largest tier is right) <= 0.05"}}
+    assert guarantee_statement(old) == ("with probability >= 90% over the calibration draw, P(cascade wrong and "
+                                        "qwen-1.5b right) <= 0.05, i.e. accuracy at most 0.05 below always-qwen-1.5b")
+    new = fit_thresholds(two_tiers(np.random.default_rng(0), 500), "quality-loss", 0.1, 0.1, largest="qwen-1.5b")
+    assert guarantee_statement({"tiers": old["tiers"], "guarantee": new.guarantee}) == new.guarantee["statement"]
