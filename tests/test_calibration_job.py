@@ -114,7 +114,9 @@ def test_calibrate_with_a_signal_writes_artifact_and_report_then_evaluate(tiny_c
     assert artifact["guarantee"]["kind"] == "high-probability" and "with probability >= 90%" in stdout
     assert artifact["policy"]["rules"] == [{"kind": "signal", "name": "mean_logprob"}]
     report = (tmp_path / "art" / "report.md").read_text()
-    assert "accept-error" in report and "Price of the per-deployment guarantee" in report
+    assert "accept-error" in report and "Price of the guarantee" in report and "Per group" in report
+    assert artifact["scope"] == {"endpoint": "chat", "instructions": "cascade", "system_prompt": None,
+                                 "max_tokens": [12, 12], "groups": []}
     assert (tmp_path / "art" / "deferral_curve.png").stat().st_size > 1000
     policy = load_artifact_policy(out, load_config(tiny_config))
     assert policy.rules[0].name == "mean_logprob" and policy.thresholds == tuple(fit["thresholds"])
@@ -138,7 +140,7 @@ def test_calibrate_without_a_signal_splits_three_ways_and_reports_untrainable_ru
                             for i, w in enumerate(WORDS * 4)))
     out = tmp_path / "sel.json"
     code, stdout, err = run_cli(capsys, "calibrate", "--config", str(tiny_config), "--dataset", str(data), "--n", "40",
-                                "--target", "quality-loss", "--alpha", "0.2", "--delta", "none", "--out", str(out))
+                                "--target", "quality-loss", "--alpha", "0.2", "--delta", "none", "--no-skip", "--out", str(out))
     assert code == 0, err
     artifact = read_artifact(out)
     assert artifact["dataset"]["splits"] == {"train": 16, "select": 8, "calibrate": 16}
@@ -204,3 +206,140 @@ def test_evaluate_refuses_other_schema(tmp_path, capsys):
     path.write_text(json.dumps({"schema_version": 0}))
     code, _, err = run_cli(capsys, "evaluate", "--artifact", str(path))
     assert code == 2 and "schema version 0" in err
+
+
+def test_the_cache_is_keyed_by_request_not_by_file(tiny_config, dataset, counted_tiers, tmp_path):
+    config = load_config(tiny_config)
+    root = tmp_path / "cache"
+    first = job.collect(config, load_dataset(str(dataset)), batch_size=4, cache_root=root, progress=False)
+    assert counted_tiers == {"tiny-a": 12, "tiny-b": 12}
+    # the same requests in another file, reordered, renamed and with a group field: nothing is regenerated
+    lines = [json.loads(line) for line in dataset.read_text().splitlines()][::-1]
+    regrouped = tmp_path / "regrouped.jsonl"
+    regrouped.write_text("".join(json.dumps({**line, "id": "new-" + line["id"], "group": "g"}) + "\n"
+                                 for line in lines))
+    again = job.collect(config, load_dataset(str(regrouped)), batch_size=4, cache_root=root, progress=False)
+    assert counted_tiers == {"tiny-a": 12, "tiny-b": 12}
+    assert again[0]["new-q0"]["result"]["text"] == first[0]["q0"]["result"]["text"]
+    # a request that differs in what the tier sees (its own system turn) is generated
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(json.dumps({"id": "s", "answers": ["yes"], "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Question 0: say yes."}]}) + "\n")
+    job.collect(config, load_dataset(str(changed)), batch_size=4, cache_root=root, progress=False)
+    assert counted_tiers == {"tiny-a": 13, "tiny-b": 13}
+
+
+def grouped_dataset(path, per_group: int):
+    lines = [{"id": f"{g}{i}", "prompt": f"{g} question {i}: say {w}.", "answers": [w], "group": g}
+             for g in ("alpha", "beta") for i, w in enumerate((WORDS * 8)[:per_group])]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return path
+
+
+def test_calibrate_per_group_writes_group_thresholds_and_evaluate_reports_each_group(
+        tiny_config, counted_tiers, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("VCASCADE_CACHE", str(tmp_path / "vc"))
+    data = grouped_dataset(tmp_path / "groups.jsonl", 30)
+    out = tmp_path / "grouped.json"
+    code, stdout, err = run_cli(capsys, "calibrate", "--config", str(tiny_config), "--dataset", str(data), "--n", "48",
+                                "--target", "accept-error", "--alpha", "0.2", "--signal", "mean_logprob",
+                                "--group-by", "group", "--out", str(out))
+    assert code == 0, err
+    artifact = read_artifact(out)
+    policy = artifact["policy"]
+    assert set(policy["groups"]) == {"alpha", "beta"} and policy["fallback_group"] in policy["groups"]
+    assert artifact["scope"]["groups"] == ["alpha", "beta"] and artifact["dataset"]["group_by"] == "group"
+    assert artifact["guarantee"]["conditional_on"] == "group" and "for each group" in artifact["guarantee"]["statement"]
+    assert set(artifact["figures"]["groups"]) == {"alpha", "beta"}
+    loaded = load_artifact_policy(out, load_config(tiny_config))
+    assert set(loaded.by_group) == {"alpha", "beta"}
+    figures_path = tmp_path / "eval.json"
+    code, stdout, err = run_cli(capsys, "evaluate", "--artifact", str(out), "--config", str(tiny_config),
+                                "--json", str(figures_path))
+    assert code == 0, err
+    figures = json.loads(figures_path.read_text())
+    assert figures["n"] == 12 and set(figures["groups"]) <= {"alpha", "beta"}
+    assert sum(g["n"] for g in figures["groups"].values()) == 12
+    for g in figures["groups"].values():
+        assert set(g) >= {"n", "risk", "quality_loss", "accuracy", "escalated", "cost_ratio"}
+    assert "per group (calibrated per group)" in stdout
+
+
+def three_tier_config(tmp_path, tiny_models):
+    tiers = [tiny_tier_dict(f"t{i}", p) for i, p in enumerate([*tiny_models.values(), tiny_models["tiny-a"]])]
+    tiers[0]["threshold"] = tiers[1]["threshold"] = -1.0
+    path = tmp_path / "three.yaml"
+    path.write_text(yaml.safe_dump({"signal": "mean_logprob", "tiers": tiers}))
+    return path
+
+
+@pytest.mark.parametrize("case, argv, message", [
+    ("skip rule with --delta none", ["--delta", "none"], "cannot fit a skip rule"),
+    ("selective-error with --delta none", ["--target", "selective-error", "--delta", "none", "--no-skip"],
+     "does not exist for selective-error"),
+    ("three tiers with --delta none", ["--delta", "none", "--no-skip", "THREE"], "this cascade has 3 tiers"),
+    ("a group too small", ["--signal", "mean_logprob", "--group-by", "group", "--alpha", "0.1"],
+     "'alpha' has"),
+    ("an alpha n items can never certify", ["--signal", "mean_logprob", "--alpha", "0.01"], "can never certify"),
+])
+def test_unfittable_combinations_are_refused_before_any_engine_starts(case, argv, message, tiny_config, tiny_models,
+                                                                      tmp_path, capsys, monkeypatch):
+    async def no_engine(*a, **k):
+        pytest.fail("no engine should start")
+
+    monkeypatch.setattr("vcascade.engine.tiers.build_tiers", no_engine)
+    monkeypatch.setenv("VCASCADE_CACHE", str(tmp_path / "vc"))
+    config = three_tier_config(tmp_path, tiny_models) if "THREE" in argv else tiny_config
+    argv = [a for a in argv if a != "THREE"]
+    base = {"--config": str(config), "--dataset": str(grouped_dataset(tmp_path / "g.jsonl", 12)),
+            "--target": "quality-loss", "--alpha": "0.2", "--out": str(tmp_path / "a.json")}
+    flags = [a for a in argv if a in ("--no-skip",)]
+    pairs = [a for a in argv if a not in flags]
+    for flag, value in zip(pairs[::2], pairs[1::2]):
+        base[flag] = value
+    code, _, err = run_cli(capsys, "calibrate", *[x for kv in base.items() for x in kv], *flags)
+    assert code == 2 and message in err, (case, err)
+    assert not (tmp_path / "a.json").exists()
+
+
+def test_a_job_whose_engine_is_killed_restarts_it_and_writes_the_same_artifact(tiny_config, dataset, tmp_path, capsys,
+                                                                               monkeypatch):
+    """The engine core of tier 0 is killed after the first batch: the job logs it, starts the
+    engine again, resumes from the cache and writes the artifact an uninterrupted run writes."""
+    import psutil
+
+    from vcascade.engine.tiers.base import Tier
+
+    real = Tier.generate_many
+    state = {"calls": 0, "killed": []}
+
+    async def kill_after_first_batch(self, requests):
+        out = await real(self, requests)
+        state["calls"] += 1
+        if state["calls"] == 1:
+            cores = [p for p in psutil.Process().children(recursive=True) if "EngineCore" in " ".join(p.cmdline())
+                     or p.name().startswith("VLLM::EngineCor")]
+            newest = max(cores, key=lambda p: p.create_time())
+            newest.kill()
+            state["killed"].append(newest.pid)
+        return out
+
+    def calibrate(cache, out):
+        monkeypatch.setenv("VCASCADE_CACHE", str(tmp_path / cache))
+        code, stdout, err = run_cli(capsys, "calibrate", "--config", str(tiny_config), "--dataset", str(dataset),
+                                    "--n", "12", "--target", "accept-error", "--alpha", "0.3", "--signal",
+                                    "mean_logprob", "--batch-size", "4", "--out", str(tmp_path / out))
+        assert code == 0, err
+        return read_artifact(tmp_path / out), err
+
+    monkeypatch.setattr(Tier, "generate_many", kill_after_first_batch)
+    interrupted, err = calibrate("killed", "killed.json")
+    assert state["killed"] and "the vLLM engine died" in err and "restarting it (1 of at most 3)" in err
+    monkeypatch.setattr(Tier, "generate_many", real)
+    uninterrupted, _ = calibrate("clean", "clean.json")
+    for key in ("policy", "fit", "scope", "target", "alpha", "delta"):
+        a, b = interrupted[key], uninterrupted[key]
+        assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) or key in ("policy", "fit") and \
+            a["thresholds"] == pytest.approx(b["thresholds"], rel=1e-4), key
+    killed_cache = next((tmp_path / "killed").rglob("*.jsonl"))
+    assert len(killed_cache.read_text().splitlines()) == 12  # every request once: the lost batch was not duplicated
