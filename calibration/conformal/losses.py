@@ -153,9 +153,10 @@ def routing(data: CalibrationData, config) -> tuple[np.ndarray, np.ndarray]:
 
 def _first_accepting(accepted: np.ndarray) -> np.ndarray:
     """Index of the first True along the last axis, else its length (the last tier)."""
-    if accepted.shape[-1] == 1:
-        return (~accepted[..., 0]).astype(np.int64)
-    return np.where(accepted.any(axis=-1), np.argmax(accepted, axis=-1), accepted.shape[-1])
+    tier = np.full(accepted.shape[:-1], accepted.shape[-1], dtype=np.int64)
+    for k in range(accepted.shape[-1] - 1, -1, -1):
+        tier[accepted[..., k]] = k
+    return tier
 
 
 def answering_tier(data: CalibrationData, config) -> np.ndarray:
