@@ -105,3 +105,12 @@ def test_an_artifact_with_groups_loads_as_a_grouped_policy():
     assert policy.for_group("a")[0].thresholds == (-9.0,) and policy.for_group("zzz")[1:] == ("b", False)
     with pytest.raises(ValueError, match="fallback group"):
         Policy(policy.rules, (0.0,), by_group={"a": ((0.0,), None)}, fallback_group="missing")
+
+
+def test_the_readme_table_names_every_reason():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("### What a guarantee covers"):readme.index("### A guarantee per kind of traffic")]
+    for reason in REASONS:
+        assert f"`{reason}`" in table, reason
