@@ -10,6 +10,11 @@ by side in the same run, on the same prompts:
   rendering, response. What any OpenAI-compatible front end pays.
 * ``default`` — the default cascade's policy from its artifact (learned rule + skip, with
   their prompt features), over the default tiers.
+* ``hashed-standin`` — the default policy's shape with hashed n-gram prompt
+  features instead of MiniLM: the same kinds of gradient-boosted rules (150 trees of 8
+  leaves) fitted at start-up to *random* labels, thresholds set to skip and escalate as
+  often as the default does. It measures what the hashed option costs, nothing about its
+  quality (that needs a recalibration on real generations).
 
 Each is driven at concurrency 1, 16, 64 and 256 (no rate limit) by ``vllm bench serve``
 (``--client vllm``, its module in a subprocess) or by a lighter aiohttp loop sending the
@@ -40,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-POLICIES = ("floor", "default")
+POLICIES = ("floor", "default", "hashed-standin")
 PARTS = ("rendering", "embedding", "scoring", "response")
 
 
@@ -75,6 +80,8 @@ def serve(args) -> int:
                                                       tier_config.max_model_len)))
     if args.serve == "floor":
         cascade = Cascade(tiers[:1], Policy((), ()))
+    elif args.serve == "hashed-standin":
+        cascade = _cascade(tiers, standin_policy(config, tiers), config)
     else:
         artifact = read_artifact(config.artifact)
         cascade = _cascade(tiers, policy_from_artifact(artifact, config.artifact), config)
@@ -96,6 +103,45 @@ def _cascade(tiers, policy, config):
     if hasattr(factory, "build_scope"):
         return Cascade(tiers, policy, factory.build_scope(config, force_artifact=True))
     return Cascade(tiers, policy)
+
+
+SKIP_SHARE, ESCALATE_SHARE = 0.64, 0.3  # the default's skip share and escalations among the rest (README)
+
+
+def standin_policy(config, tiers):
+    """The default policy's shape over hashed prompt features, fitted to random labels (cost only)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from vcascade.engine.policy import Policy
+    from vcascade.engine.runtime import run
+    from vcascade.engine.uncertainty.features import feature_matrix, feature_spec
+    from vcascade.engine.uncertainty.learned import LearnedRule, LearnedSkipRule, freeze_estimator, library_versions
+    from vcascade.engine.uncertainty.rules import Query
+
+    prompts = load_prompts(config, 1920, split="calibration")
+    queries = [Query(_request(p)) for p in prompts]
+    results = run(tiers[0].generate_many([q.request for q in queries]))
+    rng = np.random.default_rng(0)
+    y = rng.random(len(prompts)) < 550 / 1920  # the default rule's positive share
+    made = []
+    for answer in (True, False):
+        X = feature_matrix(queries, results if answer else None, request=True, prompt_features="hashed")
+        model = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.05, max_leaf_nodes=8,
+                                               l2_regularization=1.0, random_state=0).fit(X, y)
+        spec = {"kind": "learned", "name": ("learned" if answer else "skip") + ":gbt:gain:hashed-standin",
+                "target": "gain", "model": "gbt", "features": feature_spec(answer, False, True, "hashed"),
+                "estimator": freeze_estimator(model), "versions": library_versions()}
+        rule = (LearnedRule if answer else LearnedSkipRule)(spec, model)
+        scores = rule.score_many(queries, results) if answer else rule.score_many(queries)
+        made.append((rule, float(np.quantile(scores, ESCALATE_SHARE if answer else SKIP_SHARE))))
+    (rule, threshold), (skip, skip_threshold) = made
+    return Policy((rule,), (threshold,), skip, skip_threshold)
+
+
+def _request(prompt: str):
+    from vcascade.engine.types import Request
+
+    return Request(messages=({"role": "user", "content": prompt},))
 
 
 # --------------------------------------------------------------------------- measuring
@@ -253,15 +299,18 @@ def measure(server: dict, client, prompts: list[str], concurrency: int, output_l
             "mean_ms": float(np.mean(lat))}
 
 
-def load_prompts(config, n: int) -> list[str]:
-    """Held-out prompts of the artifact's calibration workload (the mixed built-in sets), repeated to ``n``."""
-    from vcascade.calibration.datasets import load_dataset, split
+def load_prompts(config, n: int, split: str = "held-out") -> list[str]:
+    """Prompts of the artifact's calibration workload (the mixed built-in sets), held-out (or
+    calibration) items, shuffled and repeated to ``n``."""
+    from vcascade.calibration.datasets import load_dataset
+    from vcascade.calibration.datasets import split as split_items
     from vcascade.engine.artifact import read_artifact
 
     meta = read_artifact(config.artifact)["dataset"] if config.artifact else {"name": "mixed", "n_calibration": None}
     items = load_dataset(meta["name"])
     if meta.get("n_calibration"):
-        _, items = split(items, meta["n_calibration"], meta.get("seed", 0))
+        calibration, held_out = split_items(items, meta["n_calibration"], meta.get("seed", 0))
+        items = calibration if split == "calibration" else held_out
     prompts = [it.prompt for it in items]
     rng = np.random.default_rng(0)
     prompts = [prompts[i] for i in rng.permutation(len(prompts))]
@@ -342,13 +391,17 @@ def main(argv=None) -> int:
 
 
 def added(results: dict, levels: list[int]) -> dict:
-    """default − floor at each concurrency: CPU per request, latency."""
-    out = {}
-    for c in map(str, levels):
-        d, f = results["default"][c], results["floor"][c]
-        out[c] = {"server_cpu_ms": d["server_cpu_ms"] - f["server_cpu_ms"], "p50_ms": d["p50_ms"] - f["p50_ms"],
-                  "p99_ms": d["p99_ms"] - f["p99_ms"],
-                  "decisions_ratio": d["decisions_per_s"] / f["decisions_per_s"] if f["decisions_per_s"] else None}
+    """Each policy − floor at each concurrency: CPU per request, latency."""
+    out: dict[str, dict] = {}
+    for policy in results:
+        if policy == "floor":
+            continue
+        for c in map(str, levels):
+            d, f = results[policy][c], results["floor"][c]
+            out.setdefault(policy, {})[c] = {
+                "server_cpu_ms": d["server_cpu_ms"] - f["server_cpu_ms"], "p50_ms": d["p50_ms"] - f["p50_ms"],
+                "p99_ms": d["p99_ms"] - f["p99_ms"],
+                "decisions_ratio": d["decisions_per_s"] / f["decisions_per_s"] if f["decisions_per_s"] else None}
     return out
 
 
@@ -383,7 +436,9 @@ def render(summary: dict) -> str:
                 else "an aiohttp loop sending the same streamed chat requests as `vllm bench serve`")
              + f", closed loop at each concurrency, no rate limit. `floor`: the same server over one instant tier, "
              "no rule (HTTP, parsing, rendering, response); `default`: the default artifact's policy "
-             "(learned rule + skip with their prompt features) over the default tiers.", "",
+             "(learned rule + skip with their MiniLM prompt features) over the default tiers; `hashed-standin`: "
+             "the same rule shapes over hashed n-gram prompt features, fitted to random labels (cost, not "
+             "quality).", "",
              "| server | concurrency | decisions/s | server CPU ms/req | rendering | embedding | scoring | response "
              "| other (HTTP, parsing, asyncio, metrics) | p50 ms | p99 ms | client CPU ms/req | failed |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -395,13 +450,14 @@ def render(summary: dict) -> str:
                          + " | ".join(_f(parts.get(k, 0.0)) for k in PARTS)
                          + f" | {_f(r['other_cpu_ms'])} | {_f(r['p50_ms'])} | {_f(r['p99_ms'])} | "
                            f"{_f(r['client_cpu_ms'])} | {r['failed']} |")
-    lines += ["", "## Added by the default policy over the floor (same run)", "",
-              "| concurrency | CPU ms/req added | p50 ms added | p99 ms added | decisions/s default / floor |",
-              "|---|---|---|---|---|"]
-    for c in levels:
-        a = summary["added"][c]
-        lines.append(f"| {c} | {_f(a['server_cpu_ms'])} | {_f(a['p50_ms'])} | {_f(a['p99_ms'])} | "
-                     f"{_f(a['decisions_ratio'])} |")
+    lines += ["", "## Added over the floor (same run)", "",
+              "| policy | concurrency | CPU ms/req added | p50 ms added | p99 ms added | decisions/s policy / floor |",
+              "|---|---|---|---|---|---|"]
+    for policy, by_level in summary["added"].items():
+        for c in levels:
+            a = by_level[c]
+            lines.append(f"| {policy} | {c} | {_f(a['server_cpu_ms'])} | {_f(a['p50_ms'])} | {_f(a['p99_ms'])} | "
+                         f"{_f(a['decisions_ratio'])} |")
     lines += ["", "Server CPU is the server process's CPU time (all threads, /proc) over the requests answered; "
               "the parts are the controller's `Overhead` spans (CPU of the thread doing the work, from "
               "`vcascade:controller_cpu_seconds`); `other` is the rest of the server's CPU.", "",
@@ -423,19 +479,20 @@ def plot(out: Path, summary: dict) -> None:
         axes[2].plot(levels, [rows[c]["p99_ms"] for c in levels], marker="x", linestyle="--", label=f"{policy} p99")
     axes[0].set(xlabel="concurrency", ylabel="decisions / s", title="Throughput")
     axes[2].set(xlabel="concurrency", ylabel="ms", yscale="log", title="End-to-end latency")
-    width = 0.38
+    policies = list(summary["results"])
+    width = 0.8 / len(policies)
     x = np.arange(len(levels))
-    for j, policy in enumerate(summary["results"]):
+    for j, policy in enumerate(policies):
         bottom = np.zeros(len(levels))
         rows = summary["results"][policy]
         for k, part in enumerate((*PARTS, "other")):
             values = np.array([rows[c]["other_cpu_ms"] if part == "other" else rows[c]["parts_cpu_ms"].get(part, 0.0)
                                for c in levels])
-            axes[1].bar(x + (j - 0.5) * width, values, width, bottom=bottom, color=f"C{k}",
-                        label=part if j == 0 else None, edgecolor="black" if j else None)
+            axes[1].bar(x + (j - (len(policies) - 1) / 2) * width, values, width, bottom=bottom, color=f"C{k}",
+                        label=part if j == 0 else None, edgecolor="black", linewidth=0.5 * j)
             bottom += values
     axes[1].set_xticks(x, levels)
-    axes[1].set(xlabel="concurrency (left bar floor, right bar default)", ylabel="server CPU ms / request",
+    axes[1].set(xlabel=f"concurrency (bars: {', '.join(policies)})", ylabel="server CPU ms / request",
                 title="CPU per request by part")
     for ax in axes:
         ax.legend(fontsize=7)

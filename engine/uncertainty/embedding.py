@@ -41,19 +41,32 @@ def _sentence_encoder():
 
 def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Unit-norm sentence embeddings, shape (len(texts), 384): mean pooling over tokens
-    (the sentence-transformers recipe for this model), inputs truncated to 256 tokens."""
+    (the sentence-transformers recipe for this model), inputs truncated to 256 tokens;
+    forward passes over batches of similar length (padding does not change a row's result)."""
     import torch
 
     if not texts:
         return np.zeros((0, DIMENSIONS), dtype=np.float32)
     tokenizer, model = _sentence_encoder()
-    out = []
+    encoded = tokenizer(list(texts), truncation=True, max_length=256)["input_ids"]
+    out = np.zeros((len(texts), DIMENSIONS), dtype=np.float32)
     with _LOCK, torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start : start + batch_size]), padding=True, truncation=True,
-                              max_length=256, return_tensors="pt")
+        for members in length_batches([len(ids) for ids in encoded], batch_size):
+            batch = tokenizer.pad({"input_ids": [encoded[i] for i in members]}, return_tensors="pt")
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).numpy())
-    return np.concatenate(out).astype(np.float32)
+            out[members] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+    return out
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, slack: float = 1.25) -> list[list[int]]:
+    """Indices grouped into batches of similar length (at most ``batch_size``, the longest at
+    most ``slack`` x the shortest), so padding wastes little: shortest first."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        if batches and len(batches[-1]) < batch_size and lengths[i] <= slack * lengths[batches[-1][0]]:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches

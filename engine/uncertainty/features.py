@@ -10,8 +10,16 @@ chosen-token logprobs and top-k alternatives:
 * answer length log(1 + T), finish reason (stopped / cut at max_tokens), empty answer
 * when the tier samples: greedy agreement, discrete and weighted semantic entropy, clusters
 
-Request features: the prompt's all-MiniLM-L6-v2 sentence embedding (384) and log(1 +
-words in the prompt). A pre-generation (skip) rule sees the request features only.
+Request features, one of two ``prompt_features`` options (recorded in the rule's feature
+spec), each with log(1 + words in the prompt); a pre-generation (skip) rule sees the
+request features only:
+
+* ``minilm`` — the prompt's all-MiniLM-L6-v2 sentence embedding (384): ~15-20 ms of CPU per
+  prompt in the calling process (the option of every artifact made before the switch);
+* ``hashed`` — the prompt's word unigrams and bigrams (lower-cased; words, digits and single
+  punctuation marks), each hashed with CRC-32 into one of ``HASHED_DIMENSIONS`` buckets with
+  a sign (the hashing trick: Weinberger et al., ICML 2009), L2-normalized: tens of
+  microseconds per prompt, no model. It changes the rule's inputs: a rule must be trained on it.
 
 An empty answer has no logprobs; its logprob features take ``EMPTY_LOGPROB`` and the empty
 flag is set. ``FEATURE_VERSION`` is stored with every learned rule; a rule trained on
@@ -20,6 +28,8 @@ another version is refused.
 
 from __future__ import annotations
 
+import re
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -40,6 +50,24 @@ ANSWER_FEATURES = (
 )
 SAMPLE_FEATURES = ("greedy_agreement", "discrete_se", "weighted_se", "num_clusters")
 REQUEST_FEATURES = (*(f"embedding_{i}" for i in range(DIMENSIONS)), "log_prompt_words")
+PROMPT_FEATURES = ("minilm", "hashed")
+HASHED_DIMENSIONS = 512
+HASHING = {"tokens": r"(?u)\b\w+\b|[^\w\s]", "lowercase": True, "ngrams": [1, 2], "hash": "crc32(utf-8)",
+           "bucket": "hash % 512", "sign": "-1 if bit 31 of the hash is set", "norm": "l2",
+           "dimensions": HASHED_DIMENSIONS}
+"""The hashed option's definition; a rule records it and is refused where it differs."""
+_TOKENS = re.compile(HASHING["tokens"])
+HASHED_REQUEST_FEATURES = (*(f"hashed_{i}" for i in range(HASHED_DIMENSIONS)), "log_prompt_words")
+
+
+def default_prompt_features() -> str:
+    """The option new rules are trained with: ``$VCASCADE_PROMPT_FEATURES`` (default ``minilm``)."""
+    import os
+
+    value = os.environ.get("VCASCADE_PROMPT_FEATURES", "minilm")
+    if value not in PROMPT_FEATURES:
+        raise ValueError(f"VCASCADE_PROMPT_FEATURES={value!r}; known: {', '.join(PROMPT_FEATURES)}")
+    return value
 
 
 def _position_stats(position: Sequence[tuple]) -> tuple[float, float, float]:
@@ -74,33 +102,63 @@ def answer_features(result: TierResult, with_samples: bool = False) -> np.ndarra
     return np.asarray(row, dtype=np.float64)
 
 
-def request_features(queries: Sequence[Query]) -> np.ndarray:
-    """Shape (n, 385): prompt embedding and log(1 + words) per query (embeds missing ones)."""
-    embed_queries(queries)
+def hashed_vector(text: str) -> np.ndarray:
+    """Shape (HASHED_DIMENSIONS,): the hashed unigram + bigram vector of ``text`` (see ``HASHING``)."""
+    tokens = _TOKENS.findall(text.lower())
+    grams = tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]
+    h = np.fromiter((zlib.crc32(g.encode()) for g in grams), dtype=np.int64, count=len(grams))
+    row = np.bincount(h % HASHED_DIMENSIONS, weights=1.0 - 2.0 * ((h >> 31) & 1), minlength=HASHED_DIMENSIONS)
+    norm = float(np.sqrt(row @ row))
+    return row / norm if norm else row
+
+
+def hash_queries(queries: Sequence[Query]) -> None:
+    """Fill in the missing hashed prompt vectors."""
+    for query in queries:
+        if query.hashed is None:
+            query.hashed = hashed_vector(query.request.text)
+
+
+def request_features(queries: Sequence[Query], prompt_features: str = "minilm") -> np.ndarray:
+    """Shape (n, 385) for ``minilm`` (prompt embedding, embedding missing ones) or (n, 513)
+    for ``hashed``; the last column is log(1 + words) per query."""
     words = np.array([[np.log1p(len(q.request.text.split()))] for q in queries])
+    if prompt_features == "hashed":
+        hash_queries(queries)
+        return np.hstack([np.stack([q.hashed for q in queries]), words])
+    embed_queries(queries)
     return np.hstack([np.stack([q.embedding for q in queries]).astype(np.float64), words])
 
 
-def feature_names(answer: bool, samples: bool, request: bool) -> list[str]:
+def feature_names(answer: bool, samples: bool, request: bool, prompt_features: str = "minilm") -> list[str]:
     names = list(ANSWER_FEATURES) if answer else []
     names += list(SAMPLE_FEATURES) if samples else []
-    return names + (list(REQUEST_FEATURES) if request else [])
+    request_names = HASHED_REQUEST_FEATURES if prompt_features == "hashed" else REQUEST_FEATURES
+    return names + (list(request_names) if request else [])
 
 
 def feature_matrix(queries: Sequence[Query], results: Sequence[TierResult] | None, samples: bool = False,
-                   request: bool = True) -> np.ndarray:
+                   request: bool = True, prompt_features: str | None = None) -> np.ndarray:
     """Rows of [answer features (when ``results`` given), request features (when ``request``)],
-    shape (n, F) in the order of ``feature_names``."""
+    shape (n, F) in the order of ``feature_names``; ``prompt_features`` defaults to
+    ``default_prompt_features()`` (what a calibration trains with)."""
     parts = []
     if results is not None:
         parts.append(np.stack([answer_features(r, samples) for r in results]))
     if request:
-        parts.append(request_features(queries))
+        parts.append(request_features(queries, prompt_features or default_prompt_features()))
     return np.hstack(parts)
 
 
-def feature_spec(answer: bool, samples: bool, request: bool) -> dict:
-    """The JSON description of a feature set, stored with a learned rule."""
-    return {"version": FEATURE_VERSION, "answer": answer, "samples": samples, "request": request,
-            "embedding_model": EMBEDDING_MODEL if request else None,
-            "count": len(feature_names(answer, samples, request))}
+def feature_spec(answer: bool, samples: bool, request: bool, prompt_features: str | None = None) -> dict:
+    """The JSON description of a feature set, stored with a learned rule (a spec without
+    ``prompt_features`` — every rule made before the option — means ``minilm``)."""
+    prompt_features = prompt_features or default_prompt_features()
+    spec = {"version": FEATURE_VERSION, "answer": answer, "samples": samples, "request": request,
+            "embedding_model": EMBEDDING_MODEL if request and prompt_features == "minilm" else None,
+            "count": len(feature_names(answer, samples, request, prompt_features))}
+    if request:
+        spec["prompt_features"] = prompt_features
+        if prompt_features == "hashed":
+            spec["hashing"] = dict(HASHING)
+    return spec

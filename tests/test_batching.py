@@ -1,0 +1,151 @@
+"""Cheap, batched decisions: the scoring batcher, the compiled forest, hashed prompt features."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from vcascade.engine.uncertainty import features
+from vcascade.engine.uncertainty.batching import ScoringBatcher
+from vcascade.engine.uncertainty.embedding import length_batches
+from vcascade.engine.uncertainty.learned import Forest, LearnedRule, LearnedRuleError, LearnedSkipRule, rule_from_spec
+from vcascade.engine.uncertainty.rules import Query, SignalRule
+from vcascade.engine.types import Request
+from tests.fakes import result_with_logprobs
+
+PROMPTS = ["What is the capital of Australia?", "Which planet is closest to the Sun? A. Venus B. Mercury",
+           "Is the sky blue? Answer yes or no.", "Natalia sold clips to 48 of her friends in April. How many?",
+           "Who wrote Hamlet?", "What gas do plants absorb?"] * 8
+
+
+def queries():
+    return [Query(Request(prompt=p)) for p in PROMPTS]
+
+
+def results():
+    rng = np.random.default_rng(0)
+    return [result_with_logprobs("x", list(-rng.exponential(0.5, size=1 + i % 4))) for i in range(len(PROMPTS))]
+
+
+def hashed_rules(seed=0):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from vcascade.engine.uncertainty.learned import freeze_estimator, library_versions
+
+    qs, rs = queries(), results()
+    y = np.random.default_rng(seed).random(len(qs)) < 0.4
+    made = []
+    for answer in (True, False):
+        X = features.feature_matrix(qs, rs if answer else None, prompt_features="hashed")
+        model = HistGradientBoostingClassifier(max_iter=30, max_leaf_nodes=8, min_samples_leaf=2).fit(X, y)
+        spec = {"kind": "learned", "name": "learned:test" if answer else "skip:test", "target": "gain", "model": "gbt",
+                "features": features.feature_spec(answer, False, True, "hashed"),
+                "estimator": freeze_estimator(model), "versions": library_versions()}
+        made.append((LearnedRule if answer else LearnedSkipRule)(spec, model))
+    return made
+
+
+def test_batched_scores_equal_one_at_a_time_and_batch_together():
+    rule, skip = hashed_rules()
+    qs, rs = queries(), results()
+    alone = [float(rule.score_many([q], [r])[0]) for q, r in zip(qs, rs)]
+    alone_skip = [float(skip.score_many([q])[0]) for q in qs]
+    batcher = ScoringBatcher()
+    calls = []
+    for r in (rule, skip):
+        original = r.score_many
+        r.score_many = lambda *a, _o=original: calls.append(len(a[0])) or _o(*a)
+
+    async def go():
+        fresh = queries()
+        return await asyncio.gather(*(batcher.score(rule, q, r) for q, r in zip(fresh, rs)),
+                                    *(batcher.score(skip, q, None) for q in fresh))
+
+    out = asyncio.run(go())
+    assert [o.score for o in out] == pytest.approx(alone + alone_skip, abs=1e-12)
+    assert calls == [len(qs), len(qs)]  # one call per rule for all waiting requests
+    assert all(o.scoring_cpu >= 0 and o.wait >= 0 for o in out)
+    assert sum(o.featurized for o in out) == len(qs)  # each prompt hashed once
+
+
+def test_a_failing_rule_fails_its_jobs_only():
+    class Broken:
+        name, needs_embedding, needs_samples = "broken", False, False
+
+        def score_many(self, queries, results):
+            raise RuntimeError("no")
+
+    batcher, good = ScoringBatcher(), SignalRule("mean_logprob")
+
+    async def go():
+        q, r = Query(Request(prompt="a")), result_with_logprobs("x", [-0.5])
+        return await asyncio.gather(batcher.score(Broken(), q, r), batcher.score(good, q, r), return_exceptions=True)
+
+    bad, fine = asyncio.run(go())
+    assert isinstance(bad, RuntimeError) and fine.score == pytest.approx(-0.5)
+
+
+def test_compiled_forest_matches_predict_proba():
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(400, 20))
+    X[rng.random(X.shape) < 0.05] = np.nan
+    y = (np.nan_to_num(X[:, 0]) + rng.normal(size=400)) > 0
+    model = HistGradientBoostingClassifier(max_iter=60, max_leaf_nodes=8).fit(X, y)
+    forest = Forest.compile(model)
+    assert forest is not None
+    test = rng.normal(size=(300, 20))
+    test[rng.random(test.shape) < 0.1] = np.nan
+    assert np.abs(forest.proba(test) - model.predict_proba(test)[:, 1]).max() < 1e-12
+    assert Forest.compile(object()) is None
+
+
+def test_hashed_features_are_cheap_stable_and_normalized():
+    v = features.hashed_vector("Which planet is closest to the Sun?")
+    assert v.shape == (features.HASHED_DIMENSIONS,) and float(v @ v) == pytest.approx(1.0)
+    assert np.array_equal(v, features.hashed_vector("which planet is closest to the sun?"))  # lower-cased
+    assert not np.any(features.hashed_vector(""))
+    X = features.feature_matrix(queries()[:3], None, prompt_features="hashed")
+    assert X.shape == (3, len(features.feature_names(False, False, True, "hashed")))
+
+
+def test_hashed_option_is_recorded_and_checked():
+    rule, _ = hashed_rules()
+    spec = json.loads(json.dumps(rule.spec()))
+    assert spec["features"]["prompt_features"] == "hashed" and spec["features"]["embedding_model"] is None
+    loaded = rule_from_spec(spec)
+    assert loaded.prompt_features == "hashed" and not loaded.needs_embedding
+    spec["features"]["hashing"] = {**spec["features"]["hashing"], "dimensions": 1024}
+    with pytest.raises(LearnedRuleError, match="hashes prompts as"):
+        rule_from_spec(spec)
+    spec["features"]["prompt_features"] = "bow"
+    with pytest.raises(LearnedRuleError, match="prompt features 'bow'"):
+        rule_from_spec(spec)
+
+
+def test_rules_made_before_the_option_still_mean_minilm():
+    from vcascade.engine.artifact import policy_from_artifact, read_artifact
+    from vcascade.engine.config import load_config
+
+    policy = policy_from_artifact(read_artifact(load_config().artifact))
+    assert "prompt_features" not in policy.rules[0].spec()["features"]
+    assert policy.rules[0].prompt_features == "minilm" and policy.rules[0].needs_embedding
+    assert policy.skip.prompt_features == "minilm"
+
+
+def test_default_prompt_features_follow_the_environment(monkeypatch):
+    assert features.feature_spec(True, False, True)["prompt_features"] == "minilm"
+    monkeypatch.setenv("VCASCADE_PROMPT_FEATURES", "hashed")
+    assert features.feature_spec(True, False, True)["prompt_features"] == "hashed"
+    monkeypatch.setenv("VCASCADE_PROMPT_FEATURES", "nope")
+    with pytest.raises(ValueError, match="VCASCADE_PROMPT_FEATURES"):
+        features.default_prompt_features()
+
+
+def test_length_batches_group_similar_lengths():
+    lengths = [10, 200, 11, 12, 190, 50]
+    batches = length_batches(lengths, batch_size=2)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    assert all(len(b) <= 2 and max(lengths[i] for i in b) <= 1.25 * min(lengths[i] for i in b) for b in batches)
