@@ -24,6 +24,7 @@ from .datasets import GROUP_FIELDS, dataset_fingerprint, group_of, load_dataset,
 from .embeddings import prompt_embeddings
 from .evaluation import evaluate_policy, format_evaluation, format_groups, group_table
 from .job import calibration_data, collect, token_costs
+from .monitoring import monitor_reference
 from .report import write_report
 from .selection import select_rules, three_way_split
 
@@ -172,6 +173,7 @@ def cmd_calibrate(args) -> int:
                                                      "skip": selection.skip_table},
         "price_of_guarantee": price,
         "fit": fit_record,
+        "monitor": monitor_reference(config, _subset(records, fit_items), fit_items, data, fit, grouped, labels),
         "figures": {"conditional_quality_loss": conditional_quality_loss(data, fit.config) if not grouped else None,
                     "groups": group_table(data, labels or [group_of(i) for i in fit_items], grouped or fit.config,
                                           args.target)},

@@ -309,3 +309,29 @@ def test_decision_from_an_answer():
                     out_of_scope=["decoding"])
     d = Decision.from_answer(answer, ["small", "large"])
     assert not d.in_scope and d.scores == {0: 0.4} and not d.skipped
+
+
+# ---------------------------------------------------------------- the artifact's monitor section
+
+def test_calibration_monitor_reference_from_cached_answers():
+    from vcascade.calibration.conformal import CalibrationData
+    from vcascade.calibration.datasets import Item
+    from vcascade.calibration.monitoring import disagreements, monitor_reference
+    from vcascade.engine.config import parse_config
+
+    config = parse_config({"tiers": [{"name": "a", "model": "/m/a", "threshold": 0.0}, {"name": "b", "model": "/m/b"}]})
+    items = [Item(id=f"q{i}", prompt=f"q{i}", answers=("x",), kind="exact") for i in range(4)]
+    texts = [("Paris.", "paris"), ("Lyon", "Paris"), ("the Cat", "cat"), ("", "dog")]
+    records = [{it.id: {"result": {"text": t[k]}, "correct": True} for it, t in zip(items, texts)} for k in (0, 1)]
+    assert disagreements(config, records, items)[:, 0].tolist() == [False, True, False, True]
+    data = CalibrationData(np.array([[1.0], [2.0], [-1.0], [-math.inf]]), np.ones((4, 2), dtype=bool),
+                           np.ones((4, 2)), None)
+
+    class Fit:
+        config = [0.5]
+
+    section = monitor_reference(config, records, items, data, Fit())
+    assert section["acceptance_rate"] == 0.5 and section["skip_rate"] is None and section["skip_scores"] is None
+    assert section["disagreement_rate"] == 0.5  # kept: q0 (agrees), q1 (disagrees)
+    assert section["scores"] == [[1.0, 2.0, -1.0, -math.inf]] and section["equivalence"] == "normalized"
+    assert section["counts"]["kept_disagree"] == 1
