@@ -14,7 +14,7 @@ PORT ?= 8000
 ARTIFACT ?= engine/default_cascade.artifact.json
 REPORT ?= results/calibration/default_mixed
 
-.PHONY: setup install models demo test serve calibrate bench bench-deferral bench-serve clean
+.PHONY: setup install models demo test serve calibrate bench bench-deferral bench-serve bench-controller bench-dtype bench-monitor clean
 
 setup: install models
 
@@ -71,6 +71,22 @@ bench-deferral: setup
 bench-serve: setup
 	$(PY) benchmarks/serve_load.py --out results/serving
 	$(PY) benchmarks/readme_results.py
+
+# vcascade's own work per request (HTTP, rendering, policy, response) over instant tiers:
+# no-scoring floor vs the default policy, concurrency 1-256; a few minutes, no engine.
+bench-controller: setup
+	$(PY) benchmarks/controller.py --out results/controller
+
+# Raw vLLM tokens/s at batch 1 and 64, bf16 vs float32, for each default model (what
+# `dtype: auto` decides); one engine at a time on every core: run it on an idle machine.
+bench-dtype: setup
+	$(PY) benchmarks/dtype.py --out results/dtype
+
+# The drift monitor replayed on cached generations (results/groups/scores.npz, else a
+# synthetic workload): false alarms in distribution, requests to alarm per shift, audit
+# coverage; 200 runs, about a minute, no engine.
+bench-monitor: setup
+	$(PY) benchmarks/monitor.py --out results/monitor
 
 clean:
 	rm -rf $(VENV) .pytest_cache
