@@ -104,6 +104,18 @@ def dkw_halfwidth(n: int, level: float, dims: int = 1) -> float:
     return math.sqrt(math.log(constant / level) / (2.0 * n))
 
 
+def audit_log_capital(total, audited_disagree, share: float, grid: np.ndarray = AUDIT_GRID) -> np.ndarray:
+    """log of the audit bound's mixture martingale ``mean_j K_t(λ_j)`` if ``total``
+    disagreements occurred in all, ``audited_disagree`` of them audited (arrays broadcast:
+    one value per step for a whole run at once). ``S_t`` is above the bound exactly when this
+    is ``>= log(1/ε)``."""
+    c = np.asarray(grid, dtype=np.float64).reshape((-1,) + (1,) * np.ndim(total))
+    total, a = np.asarray(total, dtype=np.float64), np.asarray(audited_disagree, dtype=np.float64)
+    logs = (total - a) * np.log1p(c * share / (1.0 - share)) + a * np.log1p(-c)
+    top = logs.max(axis=0)
+    return top + np.log(np.exp(logs - top).mean(axis=0))
+
+
 def audit_upper_bound(kept: int, audited: int, audited_disagree: int, share: float, level: float,
                       grid: np.ndarray = AUDIT_GRID) -> float:
     """Upper confidence bound on S_t, the number of disagreements among ``kept`` answers, of
@@ -122,15 +134,10 @@ def audit_upper_bound(kept: int, audited: int, audited_disagree: int, share: flo
         return a
     if share <= 0.0:
         return a + unaudited
-    c = np.asarray(grid, dtype=np.float64)
-    up = np.log1p(c * share / (1.0 - share))
-    down = a * np.log1p(-c)
     bar = math.log(1.0 / level)
 
     def excess(total: float) -> float:
-        logs = (total - a) * up + down
-        top = logs.max()
-        return float(top + math.log(np.exp(logs - top).mean())) - bar
+        return float(audit_log_capital(total, a, share, grid)) - bar
 
     if excess(a + unaudited) < 0:
         return a + unaudited
