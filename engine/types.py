@@ -149,6 +149,11 @@ class TraceStep:
     detail: str | None = None
 
 
+def escalated(tier: str, trace: list[TraceStep]) -> bool:
+    """Did ``tier`` answer after an earlier tier of the ``trace`` (so far) escalated or was skipped?"""
+    return bool(trace) and trace[0].tier != tier
+
+
 @dataclass
 class Answer:
     """The cascade's answer to one request: the answering tier's result plus the full trace."""
@@ -173,8 +178,9 @@ class Answer:
 
     @property
     def escalated(self) -> bool:
-        """Did a tier other than the first one answer (by escalation or skip)?"""
-        return self.tier_index > 0
+        """Did a tier later than the first one the request visited answer (by escalation or
+        skip)? A request pinned to one tier is never escalated."""
+        return escalated(self.tier, self.trace)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the answer and its trace (without the token-level result)."""

@@ -5,14 +5,20 @@ Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/model
 is another, so a client can pin it. Every request runs through the same controller as the
 CLI (``Cascade.stream``); the response carries the ``cascade`` decision object and the
 ``x-vcascade-*`` headers. A client that disconnects cancels its request, which aborts the
-generation in the engine. At most ``max_queued`` requests are admitted at once (waiting +
-running, like ``vllm serve --max-num-queued-reqs``); the next gets 503 with Retry-After.
+generation in the engine: the task that runs the request's cascade stream is cancelled and
+closes the stream itself (one log line at most, counted as
+``vcascade:request_failures_total{reason="disconnected"}``). At most ``max_queued``
+requests are admitted at once (waiting + running, like ``vllm serve
+--max-num-queued-reqs``); the next gets 503 with Retry-After. ``/docs`` serves Swagger UI
+without a CDN (``Settings.docs`` off: no ``/docs``, no ``/openapi.json``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,6 +26,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -36,6 +43,8 @@ from .middleware import ApiKey, BodyLimit
 from .responses import ChunkWriter, Shape, decision_headers, full_response
 from .schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
+log = logging.getLogger("vcascade.server")
+
 
 @dataclass
 class Settings:
@@ -47,6 +56,7 @@ class Settings:
     max_body_bytes: int = 4 * 2**20
     decision_log: Path | None = None
     guarantee: str | None = None
+    docs: bool = True  # /docs and /openapi.json (``--no-docs`` turns both off)
 
 
 def _version(package: str) -> str | None:
@@ -94,6 +104,19 @@ class Service:
         self.in_flight -= 1
         self.metrics.in_flight.set(self.in_flight)
 
+    def failed(self, model: str, err: Exception) -> None:
+        """Count a request that ended in an engine or tier error."""
+        status = 400 if isinstance(err, RequestError) else 503 if isinstance(err, EngineDeadError) else getattr(
+            err, "status", 503)
+        reason = ("bad_request" if isinstance(err, RequestError) else
+                  "engine_dead" if isinstance(err, EngineDeadError) else "tier_unavailable")
+        self.metrics.failures.labels(model, str(status), reason).inc()
+
+    def disconnected(self, model: str, request_id: str, after: str) -> None:
+        """Count (and log, once) a client that went away before its answer was complete."""
+        self.metrics.failures.labels(model, "499", "disconnected").inc()
+        log.info("%s: client disconnected %s; generation aborted", request_id, after)
+
     def record(self, request_id: str, model: str, endpoint: str, answer: Answer, started: float,
                ttft: float | None, overhead: Overhead) -> None:
         e2e = time.perf_counter() - started
@@ -118,16 +141,39 @@ async def _until_disconnect(request: Request) -> None:
             return
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its response started; its work was cancelled."""
+
+
 async def _cancel_on_disconnect(request: Request, work):
-    """Run ``work`` unless the client disconnects first (then cancel it: vLLM aborts)."""
+    """Run ``work`` in a task of its own unless the client disconnects first. Then the task is
+    cancelled and awaited: the cascade stream it runs unwinds (vLLM aborts the generation) and
+    is closed inside that task before this returns, so nobody else closes a running stream."""
     task = asyncio.ensure_future(work)
     listener = asyncio.ensure_future(_until_disconnect(request))
-    done, _ = await asyncio.wait([task, listener], return_when=asyncio.FIRST_COMPLETED)
-    if task in done:
+    try:
+        await asyncio.wait([task, listener], return_when=asyncio.FIRST_COMPLETED)
+    finally:
         listener.cancel()
-        return task.result()
-    task.cancel()
-    raise APIError(499, "client disconnected; the request was aborted")
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+    if task.cancelled():
+        raise ClientDisconnected
+    return task.result()
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """A streamed response whose body is closed by the task that streamed it, also when the
+    client disconnects while a chunk is being sent (Starlette would leave the suspended body
+    to the garbage collector). Shielded, so vLLM's abort completes under cancellation."""
+
+    async def stream_response(self, send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
 
 
 def _engine_request(body: ChatCompletionRequest | CompletionRequest, chat: bool, request_id: str,
@@ -148,8 +194,11 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     service = Service(cascade, settings)
     app = FastAPI(title="vcascade", version=_version("vcascade") or "dev",
-                  description="OpenAI-compatible cascade of vLLM models with calibrated deferral.")
+                  description="OpenAI-compatible cascade of vLLM models with calibrated deferral.",
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json" if settings.docs else None)
     app.state.service = service
+    if settings.docs:
+        _add_docs(app)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     if settings.api_key:
@@ -180,14 +229,17 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
                     response = full_response(request_id, shape, answer, service.models).model_dump()
                 service.record(request_id, body.model, endpoint, answer, started, None, overhead)
                 return JSONResponse(response, headers=decision_headers(answer.tier, answer.tier_index, answer.trace))
-            head = await _cancel_on_disconnect(raw, anext(stream))
+            head = await _cancel_on_disconnect(raw, _first(stream))
             streaming = True
             headers = decision_headers(cascade.tiers[head.tier_index].name, head.tier_index, head.trace)
-            return StreamingResponse(_events(service, stream, head, request_id, shape, endpoint, started, overhead),
-                                     media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+            return _ClosingStreamingResponse(
+                _events(service, stream, head, request_id, shape, endpoint, started, overhead),
+                media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+        except ClientDisconnected:
+            service.disconnected(body.model, request_id, "before the response started")
+            return Response(status_code=499)  # nobody reads it; uvicorn needs a response
         except (RequestError, TierUnavailableError, EngineDeadError) as err:
-            service.metrics.failures.labels(body.model, str(getattr(err, "status", 503 if isinstance(
-                err, EngineDeadError) else 400))).inc()
+            service.failed(body.model, err)
             raise
         finally:
             if not streaming:
@@ -233,12 +285,54 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _swagger_assets() -> Path | None:
+    """Swagger UI's script and stylesheet as vLLM vendors them (``vllm serve --enable-offline-docs``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "entrypoints/serve/instrumentator/static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() and (folder / "swagger-ui.css").is_file() else None
+
+
+def _add_docs(app: FastAPI) -> None:
+    """``/docs``: Swagger UI served from this process (vLLM's vendored copy; no CDN), behind the
+    API key like every route but ``/health``, ``/version`` and ``/metrics``. Without vLLM's copy
+    (a remote-only install) the page loads Swagger UI from FastAPI's default CDN."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import FileResponse
+
+    assets = _swagger_assets()
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        local = {"swagger_js_url": "/docs/swagger-ui-bundle.js", "swagger_css_url": "/docs/swagger-ui.css",
+                 "swagger_favicon_url": ""} if assets else {}
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API", **local)
+
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css") if assets else ():
+        app.add_api_route(f"/docs/{name}", lambda path=assets / name: FileResponse(path), include_in_schema=False)
+
+
 async def _last(stream):
-    """The ``Answer`` at the end of a cascade stream (non-streamed responses)."""
+    """The ``Answer`` at the end of a cascade stream (non-streamed responses); the stream is
+    closed here, by the task that runs it, however this ends."""
     answer = None
-    async for item in stream:
-        answer = item
+    async with contextlib.aclosing(stream):
+        async for item in stream:
+            answer = item
     return answer
+
+
+async def _first(stream):
+    """The first item of a cascade stream (streamed responses); on an error or a cancellation
+    the stream is closed here, by the task that ran it."""
+    try:
+        return await anext(stream)
+    except BaseException:
+        await stream.aclose()
+        raise
 
 
 async def _events(service: Service, stream, head: Delta | Answer, request_id: str, shape: Shape, endpoint: str,
@@ -266,9 +360,13 @@ async def _events(service: Service, stream, head: Delta | Answer, request_id: st
                 item = await anext(stream)
             except (RequestError, TierUnavailableError, EngineDeadError) as err:
                 status = 400 if isinstance(err, RequestError) else getattr(err, "status", 503)
-                service.metrics.failures.labels(shape.model, str(status)).inc()
+                service.failed(shape.model, err)
                 yield writer.error(status, error_body(status, str(err), getattr(err, "param", None)))
                 return
+    except (asyncio.CancelledError, GeneratorExit):  # the client went away (Starlette cancels or closes us)
+        service.disconnected(shape.model, request_id, "while streaming")
+        raise
     finally:
         service.release()
-        await stream.aclose()
+        with anyio.CancelScope(shield=True):  # not running here any more: this task closes it
+            await stream.aclose()

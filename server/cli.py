@@ -7,6 +7,7 @@ flight finish (uvicorn's graceful shutdown), then shuts the engines down.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -36,7 +37,8 @@ def cmd_serve(args) -> int:
     settings = Settings(served_model_name=args.served_model_name,
                         api_key=args.api_key or os.environ.get("VCASCADE_API_KEY") or None,
                         max_queued=args.max_queued, max_body_bytes=args.max_body_bytes,
-                        decision_log=Path(args.decision_log) if args.decision_log else None, guarantee=guarantee)
+                        decision_log=Path(args.decision_log) if args.decision_log else None, guarantee=guarantee,
+                        docs=args.docs)
     app = create_app(cascade, settings)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, loop="none", lifespan="off",
                                            log_level="info" if args.verbose else "warning",
@@ -70,6 +72,9 @@ def register_serve(sub) -> None:
     p.add_argument("--served-model-name", default="vcascade", help="model id of the cascade (default vcascade)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger request bodies get 413")
     p.add_argument("--decision-log", help="append one JSON line per request: tier, decision, latency, overhead")
+    p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve /docs (Swagger UI, no CDN) and /openapi.json; --no-docs for exposed deployments "
+                        "(with --api-key both need the key anyway)")
     p.add_argument("--drain-timeout", type=int, default=60, help="seconds to let requests finish on SIGTERM")
     p.add_argument("--warmup-batch", type=int, default=8, help="concurrent warm-up requests per engine")
     p.set_defaults(func=cmd_serve)

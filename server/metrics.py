@@ -54,8 +54,9 @@ class Metrics:
         self.requests = Counter("vcascade:requests", "Requests received", ["model_name", "endpoint"], registry=r)
         self.success = Counter("vcascade:request_success", "Requests answered", ["model_name", "finished_reason"],
                                registry=r)
-        self.failures = Counter("vcascade:request_failures", "Requests that ended in an error", ["model_name", "status"],
-                                registry=r)
+        self.failures = Counter("vcascade:request_failures", "Requests that ended in an error or a client disconnect, "
+                                "by status and reason (bad_request, engine_dead, tier_unavailable, disconnected)",
+                                ["model_name", "status", "reason"], registry=r)
         self.rejected = Counter("vcascade:requests_rejected", "Requests refused before generation", ["reason"],
                                 registry=r)
         self.answers = Counter("vcascade:answers", "Answers per answering tier", ["model_name", "tier"], registry=r)

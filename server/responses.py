@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from vcascade.engine.tiers.base import Chunk
-from vcascade.engine.types import Answer, TraceStep
+from vcascade.engine.types import Answer, TraceStep, escalated
 
 from .schemas import (AssistantMessage, CascadeInfo, ChatChoice, ChatCompletionResponse, ChoiceLogprobs,
                       CompletionChoice, CompletionLogprobs, CompletionResponse, TokenLogprob, TopLogprob, TraceEntry,
@@ -43,7 +43,7 @@ def decisive_step(trace: Sequence[TraceStep]) -> TraceStep | None:
 def decision_headers(tier: str, tier_index: int, trace: Sequence[TraceStep]) -> dict[str, str]:
     step = decisive_step(trace)
     score = None if step is None else step.score
-    return {"x-vcascade-tier": tier, "x-vcascade-escalated": "true" if tier_index > 0 else "false",
+    return {"x-vcascade-tier": tier, "x-vcascade-escalated": "true" if escalated(tier, trace) else "false",
             "x-vcascade-score": "none" if score is None else f"{score:.6g}"}
 
 
@@ -154,18 +154,17 @@ class ChunkWriter:
         return self._event(self._base([choice]))
 
     def finish(self, answer: Answer, models: dict[str, str]) -> str:
-        """The last content chunk (finish reason and the ``cascade`` decision), usage when asked, [DONE]."""
+        """The finish-reason chunk, the usage chunk when asked, [DONE]. The ``cascade`` decision
+        rides on the last of them: the usage chunk (``stream_options.include_usage``), else
+        the finish-reason chunk."""
         empty = {"content": ""} if self.shape.chat else None
         choice = {"index": 0, "logprobs": None, "finish_reason": answer.finish_reason}
         choice.update({"delta": empty} if self.shape.chat else {"text": ""})
-        body = self._base([choice])
-        body["cascade"] = cascade_info(answer, models).model_dump()
-        out = self._event(body)
+        chunks = [self._base([choice])]
         if self.shape.include_usage:
-            usage = self._base([])
-            usage["usage"] = _usage(answer).model_dump()
-            out += self._event(usage)
-        return out + "data: [DONE]\n\n"
+            chunks.append({**self._base([]), "usage": _usage(answer).model_dump()})
+        chunks[-1]["cascade"] = cascade_info(answer, models).model_dump()
+        return "".join(self._event(c) for c in chunks) + "data: [DONE]\n\n"
 
     def error(self, status: int, body: dict) -> str:
         """An error after the stream started (vLLM sends the error body as an event)."""

@@ -3,18 +3,35 @@ extension a response carries.
 
 Requests accept the fields OpenAI clients send and ignore unknown ones (as ``vllm serve``
 does); fields vcascade cannot honour (``n > 1``, ``echo``, non-text content) are refused
-with a 400 naming the field. Nothing in a request can name a file, a model path or a config:
-``model`` is matched against the ids ``/v1/models`` lists.
+with a 400 naming the field. What vLLM would refuse is refused here, before it reaches an
+engine: text that is not valid Unicode (a lone UTF-16 surrogate such as ``"\\udcff"``, which
+JSON allows), empty stop strings, an empty completion prompt, a ``seed`` outside int64.
+Nothing in a request can name a file, a model path or a config: ``model`` is matched against
+the ids ``/v1/models`` lists.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 MAX_LOGPROBS = 20
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # vLLM's engine client sends seeds as int64 (msgpack)
+
+
+def _unicode(text: str, what: str = "the string") -> str:
+    """``text`` unchanged if it is valid Unicode (encodable as UTF-8), else a ValueError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{what} is not valid Unicode: lone surrogate {text[err.start]!a} at index {err.start}; "
+                         "send UTF-8 text") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 class _Request(BaseModel):
@@ -27,7 +44,7 @@ class CascadeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     max_tier: int | None = Field(None, ge=0)
-    group: str | None = Field(None, min_length=1, max_length=200)
+    group: Text | None = Field(None, min_length=1, max_length=200)
 
 
 class StreamOptions(BaseModel):
@@ -38,7 +55,7 @@ class StreamOptions(BaseModel):
 class TextPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ChatMessage(BaseModel):
@@ -46,21 +63,26 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart]
 
+    @field_validator("content")
+    @classmethod
+    def _valid_text(cls, value):
+        return _unicode(value, "content") if isinstance(value, str) else value
+
     def text(self) -> str:
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
 class _Sampling(_Request):
-    model: str
+    model: Text
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX)
     n: int = Field(1, ge=1, le=1, description="vcascade returns one choice per request")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: Text | None = None
     cascade: CascadeOptions | None = None
 
     @field_validator("stop")
@@ -68,6 +90,11 @@ class _Sampling(_Request):
     def _stop_list(cls, value):
         if isinstance(value, list) and len(value) > 4:
             raise ValueError("at most 4 stop sequences")
+        for i, stop in enumerate([value] if isinstance(value, str) else value or []):
+            where = "stop" if isinstance(value, str) else f"stop[{i}]"
+            if not stop:
+                raise ValueError(f"{where} is an empty string; a stop sequence needs at least one character")
+            _unicode(stop, where)
         return value
 
     def stop_sequences(self) -> tuple[str, ...] | None:
@@ -97,8 +124,10 @@ class CompletionRequest(_Sampling):
         if isinstance(value, list):
             if len(value) != 1:
                 raise ValueError("vcascade serves one prompt per request")
-            return value[0]
-        return value
+            value = value[0]
+        if not value:
+            raise ValueError("the prompt is empty; a completion needs at least one prompt token")
+        return _unicode(value, "prompt")
 
     def output_limit(self) -> int | None:
         return self.max_tokens

@@ -34,6 +34,12 @@ def prompt_token_ids(tokenizer, request: Request, system_prompt: str | None, tie
     if not template:
         raise RequestError(f"tier {tier}: the model has no chat template; send a plain completion prompt",
                            param="messages")
-    text = tokenizer.apply_chat_template(chat_messages(request, system_prompt), add_generation_prompt=True,
-                                         tokenize=False)
+    try:
+        text = tokenizer.apply_chat_template(chat_messages(request, system_prompt), add_generation_prompt=True,
+                                             tokenize=False)
+    except Exception as err:  # the template refuses these turns (jinja2's raise_exception, e.g. role order)
+        if not any(cls.__name__ == "TemplateError" for cls in type(err).__mro__):
+            raise
+        raise RequestError(f"tier {tier}: the model's chat template refused the messages: {err}",
+                           param="messages") from None
     return list(tokenizer.encode(text, add_special_tokens=False))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
 
 from ..config import EngineTierConfig
-from ..errors import EngineDeadError, MaxTokensError, PromptTooLongError
+from ..errors import EngineDeadError, MaxTokensError, PromptTooLongError, RequestError
 from ..hardware import resolve_dtype
 from ..types import Request, Sample
 from .base import Chunk, Decoding
@@ -157,6 +157,9 @@ class VLLMBackend:
         with engine_output_to(self.log_path):
             self.engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs),
                                                     stat_loggers=[_stat_logger_factory(self.stats)])
+        from .processes import EngineProcesses
+
+        self.processes = EngineProcesses(self.name, self._core_processes())  # they die together
         self.tokenizer = self.engine.get_tokenizer()
         if not _LIVE:
             atexit.register(_shut_down_engines)
@@ -166,7 +169,10 @@ class VLLMBackend:
         return {"backend": "vllm", "model_path": self.model_path}
 
     def render(self, request: Request) -> list[int]:
-        return prompt_token_ids(self.tokenizer, request, self.system_prompt, self.name)
+        ids = prompt_token_ids(self.tokenizer, request, self.system_prompt, self.name)
+        if not ids:  # vLLM refuses it ("decoder prompt cannot be empty")
+            raise RequestError(f"tier {self.name}: the prompt is empty (0 tokens)", param="prompt")
+        return ids
 
     def _params(self, decoding: Decoding, prompt_len: int, explicit_max_tokens: bool = False, n: int = 1,
                 stream: bool = True):
@@ -186,12 +192,15 @@ class VLLMBackend:
                                      f"{self.max_model_len} tokens; you requested {prompt_len + max_tokens} "
                                      f"({prompt_len} in the prompt, {max_tokens} in the completion)")
             max_tokens = room
-        return SamplingParams(
-            n=n, max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p,
-            logprobs=decoding.logprobs, stop=list(decoding.stop) if decoding.stop else None,
-            seed=decoding.seed,
-            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
-        )
+        try:
+            return SamplingParams(
+                n=n, max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p,
+                logprobs=decoding.logprobs, stop=list(decoding.stop) if decoding.stop else None,
+                seed=decoding.seed,
+                output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY,
+            )
+        except ValueError as err:  # vLLM's VLLMValidationError names the parameter
+            raise RequestError(f"tier {self.name}: {err}", getattr(err, "parameter", None)) from None
 
     async def stream(self, request: Request, decoding: Decoding) -> AsyncIterator[Chunk]:
         """The answer's new tokens as the engine produces them (vLLM ``DELTA`` outputs).
@@ -247,24 +256,36 @@ class VLLMBackend:
         return samples
 
     async def _generate(self, prompt, params) -> AsyncIterator:
+        from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError as VLLMEngineDead
+        from vllm.v1.engine.exceptions import EngineGenerateError
 
         try:
             async for out in self.engine.generate(prompt, params, request_id=f"{self.name}-{uuid.uuid4().hex}"):
                 yield out
         except VLLMEngineDead as err:
             raise EngineDeadError(f"tier {self.name}: the vLLM engine died") from err
+        except VLLMClientError as err:
+            raise RequestError(f"tier {self.name}: {err}", getattr(err, "parameter", None)) from err
+        except EngineGenerateError as err:  # the input the engine refused (vLLM serve answers these with 400)
+            if isinstance(err.__cause__, (ValueError, TypeError, OverflowError)):
+                raise RequestError(f"tier {self.name}: the engine refused the request: {err.__cause__}") from err
+            raise
 
     def check_health(self) -> None:
         if self.engine is None or self.engine.errored:
             where = f" (engine log: {self.log_path})" if self.log_path else ""
             raise EngineDeadError(f"tier {self.name}: the vLLM engine is dead{where}")
 
+    def _core_processes(self) -> list:
+        """The engine core processes (``multiprocessing.Process``) of this engine."""
+        manager = getattr(getattr(self.engine.engine_core, "resources", None), "engine_manager", None)
+        return list(getattr(manager, "processes", None) or [])
+
     @property
     def engine_core_pid(self) -> int | None:
         """The engine core's process id (tests check its CPU affinity)."""
-        procs = getattr(getattr(self.engine.engine_core, "resources", None), "engine_manager", None)
-        processes = getattr(procs, "processes", None) or []
+        processes = self._core_processes()
         return processes[0].pid if processes else None
 
     def close(self, release: bool = False) -> None:
@@ -282,7 +303,9 @@ class VLLMBackend:
                         asyncio.run_coroutine_threadsafe(_stop(handler), loop).result(timeout=10)
                     except (concurrent.futures.TimeoutError, RuntimeError):
                         pass  # the loop is going away; shutting the engine down is what matters
+            self.processes.expect_exit()
             self.engine.shutdown()
+            self.processes.reap()  # workers a dead (or stuck) core left behind
         if release:
             self.engine = None
 
