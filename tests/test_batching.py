@@ -149,3 +149,19 @@ def test_length_batches_group_similar_lengths():
     batches = length_batches(lengths, batch_size=2)
     assert sorted(i for b in batches for i in b) == list(range(6))
     assert all(len(b) <= 2 and max(lengths[i] for i in b) <= 1.25 * min(lengths[i] for i in b) for b in batches)
+
+
+def test_fast_encoding_gives_the_tokenizers_ids():
+    from transformers import AutoTokenizer
+
+    from vcascade.calibration.datasets import load_dataset
+    from vcascade.engine import model_store
+    from vcascade.engine.tiers.rendering import encode
+
+    texts = [it.prompt for it in load_dataset("mixed")[:200]] + ["<|im_start|>user\nHi<|im_end|>\n", "", " é 中文 🙂"]
+    for name in ("qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"):
+        if not model_store.is_fetched(name):
+            pytest.fail(f"{name} is not fetched; run `make setup`")
+        tokenizer = AutoTokenizer.from_pretrained(model_store.model_dir(name))
+        assert [encode(tokenizer, t) for t in texts] == [list(tokenizer.encode(t, add_special_tokens=False))
+                                                          for t in texts]

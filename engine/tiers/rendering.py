@@ -42,4 +42,14 @@ def prompt_token_ids(tokenizer, request: Request, system_prompt: str | None, tie
             raise
         raise RequestError(f"tier {tier}: the model's chat template refused the messages: {err}",
                            param="messages") from None
+    return encode(tokenizer, text)
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    """Token ids of ``text``, no special tokens added: straight through a fast tokenizer's
+    Rust backend (the same ids; the transformers wrapper around it costs a third more per
+    prompt), else the tokenizer's ``encode``."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is not None and callable(getattr(backend, "encode", None)):
+        return backend.encode(text, add_special_tokens=False).ids
     return list(tokenizer.encode(text, add_special_tokens=False))
