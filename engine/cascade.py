@@ -119,8 +119,9 @@ class Cascade:
         query = Query(request)
         trace: list[TraceStep] = []
         start = first
+        skip_score = None
         if first == 0 < last and policy.skip is not None:
-            score = await self._score(overhead, query, None, None)
+            score = skip_score = await self._score(overhead, query, None, None)
             if policy.skips(score):
                 trace.append(TraceStep(self.tiers[0].name, score, policy.skip_threshold, "skip", 0, 0, 0.0,
                                        detail=policy.skip.name))
@@ -168,7 +169,7 @@ class Cascade:
             yield Delta(_whole(result), index, trace)
         yield Answer(text=result.text, tier=self.tiers[index].name, tier_index=index, score=score,
                      finish_reason=result.finish_reason, trace=trace, id=request.id, result=result,
-                     out_of_scope=out_of_scope, group=group)
+                     out_of_scope=out_of_scope, group=group, skip_score=skip_score)
 
     async def answer(self, request: Request, first: int = 0, last: int | None = None) -> Answer:
         """The cascade's answer to one request (see ``stream``)."""

@@ -171,6 +171,9 @@ class Answer:
     """Why the calibrated guarantee does not cover this answer (``engine.scope.REASONS``); empty: it does."""
     group: str | None = None
     """The group whose policy decided (a per-group artifact), ``None`` for one policy."""
+    skip_score: float | None = None
+    """The skip rule's score of the request, also when it did not skip (``None``: no skip rule
+    ran); the guarantee monitor compares it with the calibration items' skip scores."""
 
     @property
     def in_scope(self) -> bool:

@@ -41,6 +41,7 @@ from .errors import APIError, error_body
 from .metrics import Metrics
 from .middleware import ApiKey, BodyLimit
 from .responses import ChunkWriter, Shape, decision_headers, full_response
+from .monitoring import Feedback, GuardCollector, GuardSettings, LiveArtifact, build_guard
 from .schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
 log = logging.getLogger("vcascade.server")
@@ -57,6 +58,8 @@ class Settings:
     decision_log: Path | None = None
     guarantee: str | None = None
     docs: bool = True  # /docs and /openapi.json (``--no-docs`` turns both off)
+    artifact: LiveArtifact | None = None  # the calibration artifact the cascade's policy came from
+    monitor: GuardSettings | None = None  # the guarantee monitor, audits and feedback (None: off)
 
 
 def _version(package: str) -> str | None:
@@ -77,6 +80,10 @@ class Service:
         self.in_flight = 0
         self.log = open(settings.decision_log, "a", encoding="utf-8") if settings.decision_log else None
         self.logprobs_cap = min(t.config.sampling.logprobs for t in cascade.tiers)
+        self.artifact = settings.artifact
+        self.guard = build_guard(cascade, settings.artifact, settings.monitor, self.log, settings.decision_log)
+        """The guarantee's monitor (``server.monitoring``), or None."""
+        self.metrics.registry.register(GuardCollector(self))
 
     def tier_range(self, model: str, max_tier: int | None) -> tuple[int, int]:
         """(first, last) tier for a model id: the cascade (capped at ``max_tier``) or one pinned tier."""
@@ -118,7 +125,7 @@ class Service:
         log.info("%s: client disconnected %s; generation aborted", request_id, after)
 
     def record(self, request_id: str, model: str, endpoint: str, answer: Answer, started: float,
-               ttft: float | None, overhead: Overhead) -> None:
+               ttft: float | None, overhead: Overhead, request: EngineRequest | None = None) -> None:
         e2e = time.perf_counter() - started
         self.metrics.observe(model, answer, e2e, ttft, overhead)
         if self.log is not None:
@@ -132,6 +139,8 @@ class Service:
                      "trace": [s.__dict__ for s in answer.trace]}
             self.log.write(json.dumps(entry) + "\n")
             self.log.flush()
+        if self.guard is not None:
+            self.guard.record(request_id, request, answer)
 
 
 async def _until_disconnect(request: Request) -> None:
@@ -227,13 +236,13 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
                 answer = await _cancel_on_disconnect(raw, _last(stream))
                 with overhead.span("response"):
                     response = full_response(request_id, shape, answer, service.models).model_dump()
-                service.record(request_id, body.model, endpoint, answer, started, None, overhead)
+                service.record(request_id, body.model, endpoint, answer, started, None, overhead, engine_request)
                 return JSONResponse(response, headers=decision_headers(answer.tier, answer.tier_index, answer.trace))
             head = await _cancel_on_disconnect(raw, _first(stream))
             streaming = True
             headers = decision_headers(cascade.tiers[head.tier_index].name, head.tier_index, head.trace)
             return _ClosingStreamingResponse(
-                _events(service, stream, head, request_id, shape, endpoint, started, overhead),
+                _events(service, stream, head, request_id, shape, endpoint, started, overhead, engine_request),
                 media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
         except ClientDisconnected:
             service.disconnected(body.model, request_id, "before the response started")
@@ -272,7 +281,26 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
                 tier.backend.check_health()
             except EngineDeadError as err:
                 return JSONResponse(error_body(503, str(err)), status_code=503)
-        return Response(status_code=200)
+        if service.guard is None:  # as vllm serve: 200, empty
+            return Response(status_code=200)
+        # drift does not make the server unhealthy: still 200, with the guarantee's state
+        return JSONResponse({"status": "ok", "guarantee_state": service.guard.monitor.state},
+                            headers={"x-vcascade-guarantee-state": service.guard.monitor.state})
+
+    @app.get("/v1/monitor")
+    async def monitor():
+        """The guarantee monitor: state, every test's statistic, rates and bounds, audits, feedback."""
+        if service.guard is None:
+            raise APIError(404, "no monitor on this server (it needs a calibration artifact with a 'monitor' "
+                                "section; see vcascade serve --alarm-level)")
+        return service.guard.snapshot()
+
+    @app.post("/v1/feedback")
+    async def feedback(body: Feedback):
+        """A label for a recent response: ``{"id", "correct": bool}`` or ``{"id", "reference", "kind"}``."""
+        if service.guard is None:
+            raise APIError(404, "no monitor on this server: feedback is not collected")
+        return service.guard.feedback(body)
 
     @app.get("/version")
     async def show_version():
@@ -336,7 +364,7 @@ async def _first(stream):
 
 
 async def _events(service: Service, stream, head: Delta | Answer, request_id: str, shape: Shape, endpoint: str,
-                  started: float, overhead: Overhead):
+                  started: float, overhead: Overhead, request: EngineRequest | None = None):
     """SSE body: the buffered first delta, the rest as the engine produces it, the final chunk."""
     writer = ChunkWriter(request_id, shape, int(time.time()))
     ttft = None
@@ -348,7 +376,7 @@ async def _events(service: Service, stream, head: Delta | Answer, request_id: st
                 with overhead.span("response"):
                     last = writer.finish(item, service.models)
                 yield last
-                service.record(request_id, shape.model, endpoint, item, started, ttft, overhead)
+                service.record(request_id, shape.model, endpoint, item, started, ttft, overhead, request)
                 return
             with overhead.span("response"):
                 event = writer.delta(item.chunk)

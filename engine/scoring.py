@@ -1,0 +1,51 @@
+"""Correctness of a model answer against reference answers (the calibration job scores its
+items with it; the server scores feedback that brings a reference answer).
+
+Three answer kinds:
+
+* ``exact``   — SQuAD-style normalization (lower-case, drop punctuation and the articles
+  a/an/the, collapse white space; Rajpurkar et al. 2016). Correct when a normalized
+  reference equals the normalized answer, or appears as a whole-word span in the answer's
+  first line (so "Paris, of course." and "The answer is Paris" count, a later
+  explanation does not).
+* ``numeric`` — the last number in the answer ("1,600" = 1600, "$5" = 5, "-3.50" = -3.5)
+  equals a reference number.
+* ``choice``  — the option letter the answer picks ("B", "(B)", "B)", "B. text",
+  "The answer is B"), or the option whose text the answer states, equals the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from .uncertainty.answers import choice_letter, contains_answer, normalize, parse_number
+
+__all__ = ["KINDS", "choice_letter", "exact_match", "is_correct", "normalize", "numeric_match", "parse_number"]
+KINDS = ("exact", "numeric", "choice")
+
+
+def exact_match(prediction: str, references: Sequence[str]) -> bool:
+    return any(contains_answer(prediction, ref) for ref in references)
+
+
+def numeric_match(prediction: str, references: Sequence[str], tolerance: float = 1e-6) -> bool:
+    got = parse_number(prediction)
+    if got is None:
+        return False
+    for ref in references:
+        want = parse_number(ref)
+        if want is not None and abs(got - want) <= tolerance * max(1.0, abs(want)):
+            return True
+    return False
+
+
+def is_correct(prediction: str, references: Sequence[str], kind: str, options: Sequence[str] = ()) -> bool:
+    """Is ``prediction`` correct for an item of answer ``kind``?"""
+    if kind == "exact":
+        return exact_match(prediction, references)
+    if kind == "numeric":
+        return numeric_match(prediction, references)
+    if kind == "choice":
+        letter = choice_letter(prediction, options)
+        return letter is not None and letter in {r.strip().strip("()").upper() for r in references}
+    raise ValueError(f"unknown answer kind {kind!r}; known: {', '.join(KINDS)}")
