@@ -2,8 +2,9 @@
 
 Hardware-free: the arrays of the mixed workload that ``benchmarks/groups.py`` saves
 (``results/groups/scores.npz``: each item's rule score, skip score, correctness of both
-tiers, source) — or, with ``--synthetic`` or before that file exists, a synthetic
-workload of 8 sources shaped like it. Every run draws a fresh calibration:
+tiers, source); before that file exists, the committed default artifact's own rules
+scored on the cached generations of the mixed workload; with ``--synthetic`` (or without
+either), a synthetic workload of 8 sources shaped like it. Every run draws a fresh calibration:
 
 1. a random permutation of all items; the first half calibrates — thresholds fitted there
    (``quality-loss`` at α, δ, as ``vcascade calibrate`` fits them, skip rule included) and
@@ -97,7 +98,51 @@ def real_disagreement(arrays: dict, n_items: int = 2400, n_calibration: int = 16
         return None, f"{type(err).__name__}: {err}"
 
 
+def default_artifact_arrays(n_items: int = 2400) -> dict | None:
+    """Arrays of the committed default artifact's own rules (learned deferral rule + skip
+    rule) on the first ``n_items`` of the mixed workload whose generations are cached, less
+    the items its learned rules were trained on; ``None`` when the cache lacks them."""
+    from vcascade.calibration import cache
+    from vcascade.calibration.datasets import load_dataset, split, to_request
+    from vcascade.calibration.embeddings import prompt_embeddings
+    from vcascade.calibration.job import calibration_data
+    from vcascade.calibration.selection import three_way_split
+    from vcascade.calibration.scoring import is_correct
+    from vcascade.engine.artifact import policy_from_artifact, read_artifact, tier_identity
+    from vcascade.engine.config import load_config
+    from vcascade.engine.uncertainty.answers import normalize
+
+    config = load_config(None)
+    artifact = read_artifact(config.artifact)
+    meta = artifact["dataset"]
+    every = load_dataset(meta["name"])
+    calibration, _ = split(every, meta["n_calibration"], meta["seed"])
+    trained = {calibration[i].id for i in three_way_split(len(calibration), meta["seed"]).train}
+    caches = [cache.read(cache.tier_cache_path(tier_identity(t, config))) for t in config.tiers]
+    items = [item for item in every[:n_items] if item.id not in trained
+             and all(cache.request_key(to_request(item)) in c for c in caches)]
+    if len(items) < 200:
+        return None
+    records = [{item.id: {"result": c[cache.request_key(to_request(item))],
+                          "correct": is_correct(c[cache.request_key(to_request(item))]["text"], item.answers,
+                                                item.kind, item.options)} for item in items} for c in caches]
+    policy = policy_from_artifact(artifact, config.artifact)
+    embeddings = prompt_embeddings(items) if policy.needs_embedding else None
+    data = calibration_data(config, records, items, policy.rules, policy.skip, embeddings)
+    texts = [[r[item.id]["result"]["text"] for item in items] for r in records]
+    return {"scores": data.scores, "correct": data.correct, "costs": data.costs,
+            "skip_scores": data.skip_scores, "groups": np.array([item.source for item in items]),
+            "disagree": np.array([normalize(a) != normalize(b) for a, b in zip(texts[0], texts[-1])]),
+            "disagreement_source": "cached answers, normalized mismatch",
+            "source": f"the committed default artifact's rules on {len(items)} cached `mixed` items (first "
+                      f"{n_items} of the workload, less those its learned rules were trained on)"}
+
+
 def load_arrays(path: Path, synthetic: bool) -> dict:
+    if not synthetic and not path.is_file():
+        arrays = default_artifact_arrays()
+        if arrays is not None:
+            return arrays
     if synthetic or not path.is_file():
         arrays = synthetic_arrays()
         arrays["disagree"] = arrays["correct"][:, 0] != arrays["correct"][:, -1]
@@ -251,7 +296,7 @@ def _count(values) -> dict:
 
 def markdown(s: dict) -> str:
     lines = ["# Monitoring the guarantee: offline replay", "",
-             f"Data: {s['data']} ({s['n_items']} items; disagreement: {s['disagreement_source']}). "
+             f"Data: {s['data']} (disagreement: {s['disagreement_source']}). "
              f"{s['runs']} runs, each a fresh random calibration half ({s['n_calibration']} items; thresholds fitted "
              f"for {TARGET} at α = {ALPHA}, δ = {DELTA}) and the other half as live traffic. Monitor level "
              f"ε = {s['alarm_level']} over the whole run, {s['n_tests']} tests ({', '.join(s['tests'])}) at "
