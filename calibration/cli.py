@@ -23,6 +23,7 @@ from .conformal import (DEFAULT_DELTA, DELTA_SPLITS, P_VALUES, TARGETS, check_fi
 from .datasets import GROUP_FIELDS, dataset_fingerprint, group_of, load_dataset, split
 from .embeddings import prompt_embeddings
 from .evaluation import evaluate_policy, format_evaluation, format_groups, group_table
+from .from_log import dataset_from_log
 from .job import calibration_data, collect, token_costs
 from .monitoring import monitor_reference
 from .report import write_report
@@ -104,6 +105,13 @@ def cmd_calibrate(args) -> int:
         get_signal(args.signal)
         if args.signal in SAMPLING_SIGNALS and any(t.samples is None for t in config.tiers[:-1]):
             raise ConfigError(f"{config.source}: signal {args.signal!r} needs a samples block on every non-final tier")
+    served_labels = None  # with --from-log: how the served requests were labelled
+    if args.from_log:
+        path, served_labels = dataset_from_log(args.from_log, args.feedback or [], config,
+                                        Path(args.out).with_suffix(".from-log.jsonl"), args.batch_size)
+        args.dataset = str(path)
+    elif not args.dataset:
+        raise ValueError("calibrate needs --dataset (labelled items) or --from-log (a server's decision log)")
     items, _ = split(load_dataset(args.dataset), args.n, args.seed)
     check_before_generating(args, delta, config, items)
     records = collect(config, items, batch_size=args.batch_size)
@@ -178,10 +186,14 @@ def cmd_calibrate(args) -> int:
                     "groups": group_table(data, labels or [group_of(i) for i in fit_items], grouped or fit.config,
                                           args.target)},
     }
+    if served_labels is not None:
+        artifact["labels"] = served_labels
+        guarantee["statement"] += f"; {served_labels['statement']}"
     out = Path(args.out)
     _write_json(out, artifact)
     header = (f"Cascade {' → '.join(names)} calibrated on {len(fit_items)} items of `{args.dataset}` "
-              f"(seed {args.seed}).")
+              f"(seed {args.seed})." + (f" Served traffic: {served_labels['statement']}." if served_labels
+                                            else ""))
     report = write_report(Path(args.report or out.with_suffix("")), artifact, data, names, header)
     print(f"{args.target} at α={args.alpha}" + (f", δ={delta}" if delta else " (marginal)") + ": "
           + _verdict(grouped, fit))
@@ -253,7 +265,12 @@ def cmd_evaluate(args) -> int:
 def register_calibrate(sub) -> None:
     p = sub.add_parser("calibrate", help="choose a deferral rule and fit its thresholds with a conformal guarantee")
     p.add_argument("--config", help="cascade YAML (default: the embedded default cascade)")
-    p.add_argument("--dataset", required=True, help="built-in dataset name (or 'mixed') or a JSONL file")
+    p.add_argument("--dataset", help="built-in dataset name (or 'mixed') or a JSONL file")
+    p.add_argument("--from-log", nargs="+", metavar="DECISIONS.jsonl",
+                   help="calibrate on the requests a server logged (vcascade serve --decision-log; oldest file "
+                        "first), labelled by feedback where given, else by agreement with the last tier's answer")
+    p.add_argument("--feedback", nargs="+", metavar="FEEDBACK.jsonl",
+                   help="with --from-log: the server's feedback files (<decision log>.feedback.jsonl)")
     p.add_argument("--n", type=int, help="calibration items (default: all); the rest are held out")
     p.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}")
     p.add_argument("--alpha", type=float, required=True, help="risk level α in (0, 1)")

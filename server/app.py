@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -32,6 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vcascade.engine.cascade import Cascade, Delta, Overhead
+from vcascade.engine.decision_log import LOG_VERSION, DecisionLog, cascade_fingerprint, request_record
 from vcascade.engine.errors import EngineDeadError, RequestError, TierUnavailableError
 from vcascade.engine.types import Answer
 from vcascade.engine.types import Request as EngineRequest
@@ -56,6 +56,7 @@ class Settings:
     max_queued: int | None = None
     max_body_bytes: int = 4 * 2**20
     decision_log: Path | None = None
+    decision_log_max_bytes: int = 256 * 2**20  # rotate to FILE.1, FILE.2, FILE.3 past this size (0: never)
     guarantee: str | None = None
     docs: bool = True  # /docs and /openapi.json (``--no-docs`` turns both off)
     artifact: LiveArtifact | None = None  # the calibration artifact the cascade's policy came from
@@ -78,7 +79,9 @@ class Service:
         self.metrics = Metrics(cascade.tiers)
         self.models = {t.name: t.config.model for t in cascade.tiers}
         self.in_flight = 0
-        self.log = open(settings.decision_log, "a", encoding="utf-8") if settings.decision_log else None
+        self.log = DecisionLog(settings.decision_log, max_bytes=settings.decision_log_max_bytes) \
+            if settings.decision_log else None
+        self.fingerprint = cascade_fingerprint((t.name, t.config.model) for t in cascade.tiers)
         self.logprobs_cap = min(t.config.sampling.logprobs for t in cascade.tiers)
         self.artifact = settings.artifact
         self.guard = build_guard(cascade, settings.artifact, settings.monitor, self.log, settings.decision_log)
@@ -136,9 +139,12 @@ class Service:
                      "overhead_cpu_seconds": overhead.cpu_seconds, "overhead_cpu": overhead.cpu,
                      "generation_seconds": sum(s.seconds for s in answer.trace),
                      "in_scope": answer.in_scope, "out_of_scope": answer.out_of_scope, "group": answer.group,
-                     "trace": [s.__dict__ for s in answer.trace]}
-            self.log.write(json.dumps(entry) + "\n")
-            self.log.flush()
+                     "trace": [s.__dict__ for s in answer.trace], "log_version": LOG_VERSION,
+                     "cascade": self.fingerprint}
+            record = None if request is None else self.log.bounded({"request": request_record(request),
+                                                                    "text": answer.text})
+            entry.update(record or {"request": None, "text": None, "request_omitted": "size"})
+            self.log.write_entry(entry)
         if self.guard is not None:
             self.guard.record(request_id, request, answer)
 

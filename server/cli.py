@@ -47,7 +47,8 @@ def cmd_serve(args) -> int:
                         api_key=args.api_key or os.environ.get("VCASCADE_API_KEY") or None,
                         max_queued=args.max_queued, max_body_bytes=args.max_body_bytes,
                         decision_log=Path(args.decision_log) if args.decision_log else None, guarantee=guarantee,
-                        docs=args.docs, artifact=artifact, monitor=monitor)
+                        docs=args.docs, artifact=artifact, monitor=monitor,
+                        decision_log_max_bytes=args.decision_log_max_bytes)
     app = create_app(cascade, settings)
     guard = app.state.service.guard
     if guard is not None:
@@ -88,10 +89,13 @@ def register_serve(sub) -> None:
     p.add_argument("--max-queued", type=int, help="admit at most N unfinished requests; more get 503 + Retry-After")
     p.add_argument("--served-model-name", default="vcascade", help="model id of the cascade (default vcascade)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger request bodies get 413")
-    p.add_argument("--decision-log", help="append one JSON line per request: tier, decision, latency, overhead")
+    p.add_argument("--decision-log", help="append one JSON line per request: the request as the tiers saw it, its "
+                                          "answer, tier, decision, latency, overhead (vcascade calibrate --from-log)")
     p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
                    help="serve /docs (Swagger UI, no CDN) and /openapi.json; --no-docs for exposed deployments "
                         "(with --api-key both need the key anyway)")
+    p.add_argument("--decision-log-max-bytes", type=int, default=256 * 2**20,
+                   help="rotate the decision log to FILE.1 .. FILE.3 past this size (default 256 MiB; 0: never)")
     p.add_argument("--alarm-level", type=float, default=0.01,
                    help="false-alarm probability of the guarantee monitor over the whole run (default 0.01)")
     p.add_argument("--monitor", action=argparse.BooleanOptionalAction, default=True,

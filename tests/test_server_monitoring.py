@@ -1,25 +1,29 @@
 """The guarantee in production on real tiny engines: the artifact keeps what the calibration
-split saw, the server's monitor is fed by every decision and shows its state in /metrics,
-/health and /v1/monitor."""
+split saw; a server monitoring it flips its state on shifted traffic; its decision log
+recalibrates the cascade (``calibrate --from-log``) into an artifact the server loads."""
 
 import json
-import math
 
 import httpx
 import pytest
+import yaml
 
-from vcascade.engine.artifact import read_artifact
-from tests.test_calibration_job import WORDS, counted_tiers, dataset, run_cli, tiny_config  # noqa: F401 (fixtures)
+from vcascade.engine.artifact import load_artifact_policy, read_artifact
+from vcascade.engine.cascade import Cascade
+from vcascade.engine.config import load_config
+from vcascade.engine.scope import Scope
+from vcascade.server.app import Settings, create_app
+from vcascade.server.monitoring import GuardSettings, LiveArtifact
+from tests.conftest import tiny_tier_dict
+from tests.servers import serve_app
+from tests.test_calibration_job import WORDS
 
 pytestmark = pytest.mark.engine
 
 
 @pytest.fixture(scope="module")
 def calibrated(tiny_models, tiny_tiers, tmp_path_factory):
-    """An artifact calibrated on the tiny engines (fixed signal), with its monitor section."""
-    import yaml
-    from tests.conftest import tiny_tier_dict
-
+    """(root, config path, artifact path): the tiny cascade calibrated on 96 items (fixed signal)."""
     root = tmp_path_factory.mktemp("monitored")
     tiers = [tiny_tier_dict(n, p) for n, p in tiny_models.items()]
     tiers[0]["threshold"] = -1.0
@@ -27,25 +31,89 @@ def calibrated(tiny_models, tiny_tiers, tmp_path_factory):
     config.write_text(yaml.safe_dump({"signal": "mean_logprob", "tiers": tiers}))
     data = root / "qa.jsonl"
     lines = [{"id": f"q{i}", "prompt": f"Question {i}: say {w}.", "answers": [w], "kind": "exact"}
-             for i, w in enumerate(WORDS * 4)]
+             for i, w in enumerate(WORDS * 8)]
     data.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return root, config, data
+    by_name = {t.name: t for t in tiny_tiers}
+
+    async def build(config, only=None, **kw):
+        return [by_name[only[0]]]
+
+    async def keep(tiers):
+        return None
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VCASCADE_CACHE", str(root / "vc"))
+        mp.setattr("vcascade.engine.tiers.build_tiers", build)
+        mp.setattr("vcascade.engine.tiers.shutdown_tiers", keep)
+        from vcascade.engine import cli
+
+        out = root / "art.json"
+        assert cli.main(["calibrate", "--config", str(config), "--dataset", str(data), "--n", "80", "--target",
+                         "accept-error", "--alpha", "0.5", "--delta", "none", "--signal", "mean_logprob",
+                         "--out", str(out)]) == 0
+        yield root, config, out, mp, build, keep
 
 
-def test_calibrate_keeps_what_the_calibration_split_saw(calibrated, counted_tiers, capsys, monkeypatch):
-    root, config, data = calibrated
-    monkeypatch.setenv("VCASCADE_CACHE", str(root / "vc"))
-    out = root / "art.json"
-    code, _, err = run_cli(capsys, "calibrate", "--config", str(config), "--dataset", str(data), "--n", "40",
-                           "--target", "accept-error", "--alpha", "0.5", "--delta", "none", "--signal",
-                           "mean_logprob", "--out", str(out))
-    assert code == 0, err
+def cascade_for(tiny_tiers, config, artifact):
+    return Cascade(tiny_tiers, load_artifact_policy(artifact, load_config(config)),
+                   Scope.from_artifact(read_artifact(artifact)))
+
+
+def test_calibrate_keeps_what_the_calibration_split_saw(calibrated):
+    _, _, out, *_ = calibrated
     monitor = read_artifact(out)["monitor"]
-    assert monitor["n"] == 40 and monitor["n_stored"] == 40 and len(monitor["scores"]) == 1
-    assert len(monitor["scores"][0]) == 40 and monitor["skip_scores"] is None
+    assert monitor["n"] == 80 and monitor["n_stored"] == 80 and len(monitor["scores"]) == 1
+    assert len(monitor["scores"][0]) == 80 and monitor["skip_scores"] is None
     assert 0 <= monitor["acceptance_rate"] <= 1 and monitor["equivalence"] == "normalized"
-    assert len(monitor["disagree"][0]) == 40
+    assert len(monitor["disagree"][0]) == 80
     counts = monitor["counts"]
-    assert counts["answered_by_tier"][0] == round(monitor["acceptance_rate"] * 40)
+    assert counts["answered_by_tier"][0] == round(monitor["acceptance_rate"] * 80)
     if counts["kept_by_smaller"]:
         assert monitor["disagreement_rate"] == counts["kept_disagree"] / counts["kept_by_smaller"]
+
+
+def chat(url, content, **extra):
+    r = httpx.post(f"{url}/v1/chat/completions", timeout=120,
+                   json={"model": "vcascade", "messages": [{"role": "user", "content": content}], **extra})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_shifted_traffic_flips_the_state_and_the_log_recalibrates(calibrated, tiny_tiers, tmp_path):
+    root, config, artifact, *_ = calibrated
+    log = tmp_path / "decisions.jsonl"
+    settings = Settings(decision_log=log, artifact=LiveArtifact.read(artifact), monitor=GuardSettings(seed=3))
+    app = create_app(cascade_for(tiny_tiers, config, artifact), settings)
+    with serve_app(app) as url:
+        for i in range(40):  # the calibration's kind of request (its held-out items and more like them)
+            chat(url, f"Question {100 + i}: say {WORDS[i % len(WORDS)]}.")
+        assert httpx.get(f"{url}/health").json()["guarantee_state"] == "in_scope"
+        feedback = httpx.post(f"{url}/v1/feedback", json={"id": chat(url, "Question 7: say cat.")["id"],
+                                                          "reference": "cat"})
+        assert feedback.status_code == 200 and feedback.json()["counted"] is True
+        flipped = None
+        for i in range(150):  # another kind of request: long, unlike any calibration item
+            chat(url, " ".join(["zq" + "x" * (i % 7)] * 40) + f" {i}")
+            if httpx.get(f"{url}/health").json()["guarantee_state"] == "drift_detected":
+                flipped = i + 1
+                break
+        snap = httpx.get(f"{url}/v1/monitor").json()
+        assert flipped is not None, snap["tests"]
+        assert "vcascade:guarantee_state 0.0" in httpx.get(f"{url}/metrics").text
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all(e["request"]["messages"] and e["cascade"] for e in entries if e.get("type") != "audit")
+    # recalibrate from the log: the in-scope requests become items, labelled by agreement with tiny-b
+    new = tmp_path / "from-log.json"
+    from vcascade.engine import cli
+
+    assert cli.main(["calibrate", "--config", str(config), "--from-log", str(log), "--feedback",
+                     str(tmp_path / "decisions.feedback.jsonl"), "--target", "accept-error", "--alpha", "0.5",
+                     "--delta", "none", "--signal", "mean_logprob", "--out", str(new)]) == 0
+    data = read_artifact(new)
+    assert data["labels"]["by_feedback"] == 1 and data["labels"]["by_agreement_with_last_tier"] >= 40
+    assert "agreement with tiny-b" in data["guarantee"]["statement"]
+    app = create_app(cascade_for(tiny_tiers, config, new), Settings(artifact=LiveArtifact.read(new),
+                                                                    monitor=GuardSettings()))
+    with serve_app(app) as url:
+        assert chat(url, "Question 3: say cat.")["cascade"]["in_scope"] is True
+        assert httpx.get(f"{url}/v1/monitor").json()["artifact"]["sha256"] == LiveArtifact.read(new).sha256
