@@ -76,11 +76,13 @@ bench-serve: setup
 # no-scoring floor vs the default policy, concurrency 1-256; a few minutes, no engine.
 bench-controller: setup
 	$(PY) benchmarks/controller.py --out results/controller
+	$(PY) benchmarks/readme_results.py
 
 # Raw vLLM tokens/s at batch 1 and 64, bf16 vs float32, for each default model (what
 # `dtype: auto` decides); one engine at a time on every core: run it on an idle machine.
 bench-dtype: setup
 	$(PY) benchmarks/dtype.py --out results/dtype
+	$(PY) benchmarks/readme_results.py
 
 # The drift monitor replayed on cached generations (results/groups/scores.npz, else a
 # synthetic workload): false alarms in distribution, requests to alarm per shift, audit

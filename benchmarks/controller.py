@@ -227,7 +227,8 @@ async def _aiohttp_run(url: str, prompts: list[str], concurrency: int, output_le
     return {"completed": len(latencies), "failed": failed, "duration": duration, "latencies": latencies}
 
 
-def client_aiohttp(url: str, prompts: list[str], concurrency: int, output_len: int, tokenizer: str, work: Path):
+def client_aiohttp(url: str, prompts: list[str], concurrency: int, output_len: int, tokenizer: str, work: Path,
+                   server_pid: int | None = None):
     cpu = time.process_time()
     result = asyncio.run(_aiohttp_run(url, prompts, concurrency, output_len))
     result["client_cpu_seconds"] = time.process_time() - cpu
@@ -238,9 +239,42 @@ VLLM_BENCH = ("import sys, argparse\nfrom vllm.benchmarks.serve import add_cli_a
               "p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
 
 
-def _vllm_bench(url, prompts_path: Path, n: int, concurrency: int, output_len: int, tokenizer: str, result: Path):
-    import resource
+class CpuSampler:
+    """Samples two processes' CPU seconds every ``interval`` s in a thread, to read the
+    client's CPU over the window in which the server was busy (the client's start-up,
+    dataset preparation and report are outside it)."""
 
+    def __init__(self, server_pid: int, client_pid: int, interval: float = 0.02):
+        import threading
+
+        self.pids, self.interval, self.samples = (server_pid, client_pid), interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.samples.append((time.perf_counter(), *(cpu_seconds(p) for p in self.pids)))
+            except (OSError, IndexError):  # the client exited
+                return
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def client_cpu_while_serving(self) -> float:
+        """Client CPU seconds between the first and the last sample at which the server's CPU grew."""
+        busy = [i for i in range(1, len(self.samples)) if self.samples[i][1] > self.samples[i - 1][1]]
+        if not busy:
+            return 0.0
+        first, last = busy[0] - 1, busy[-1]
+        return self.samples[last][2] - self.samples[first][2]
+
+
+def _vllm_bench(url, prompts_path: Path, n: int, concurrency: int, output_len: int, tokenizer: str, result: Path,
+                server_pid: int):
     args = ["--backend", "openai-chat", "--base-url", url, "--endpoint", "/v1/chat/completions", "--model", "vcascade",
             "--tokenizer", tokenizer, "--dataset-name", "custom", "--dataset-path", str(prompts_path),
             "--skip-chat-template", "--disable-shuffle", "--custom-output-len", str(output_len), "--num-prompts",
@@ -248,28 +282,26 @@ def _vllm_bench(url, prompts_path: Path, n: int, concurrency: int, output_len: i
             "--percentile-metrics", "e2el", "--metric-percentiles", "50,99", "--num-warmups", "0",
             "--save-result", "--save-detailed", "--result-dir", str(result.parent), "--result-filename", result.name,
             "--seed", "0", "--disable-tqdm"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.run([sys.executable, "-c", VLLM_BENCH, *args], capture_output=True, text=True,
-                          env={**os.environ, "VLLM_TARGET_DEVICE": "cpu"})
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.Popen([sys.executable, "-c", VLLM_BENCH, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "VLLM_TARGET_DEVICE": "cpu"})
+    sampler = CpuSampler(server_pid, proc.pid)
+    _, stderr = proc.communicate()
+    sampler.stop()
     if proc.returncode != 0:
-        raise RuntimeError(f"vllm bench serve failed:\n{proc.stderr[-3000:]}")
-    data = json.loads(result.read_text())
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return data, cpu
+        raise RuntimeError(f"vllm bench serve failed:\n{stderr[-3000:]}")
+    return json.loads(result.read_text()), sampler.client_cpu_while_serving()
 
 
-def client_vllm(url: str, prompts: list[str], concurrency: int, output_len: int, tokenizer: str, work: Path):
-    """``vllm bench serve`` (its module); its client CPU is the run's minus a one-request run's
-    (start-up, imports, tokenizer loading)."""
+def client_vllm(url: str, prompts: list[str], concurrency: int, output_len: int, tokenizer: str, work: Path,
+                server_pid: int):
+    """``vllm bench serve`` (its module, in a subprocess); its CPU counted while the server was busy."""
     path = work / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    if not hasattr(client_vllm, "baseline"):
-        _, client_vllm.baseline = _vllm_bench(url, path, 1, 1, output_len, tokenizer, work / "baseline.json")
-    data, cpu = _vllm_bench(url, path, len(prompts), concurrency, output_len, tokenizer, work / "run.json")
+    data, cpu = _vllm_bench(url, path, len(prompts), concurrency, output_len, tokenizer, work / "run.json",
+                            server_pid)
     latencies = [x for x, err in zip(data["latencies"], data["errors"]) if not err]
     return {"completed": data["completed"], "failed": data.get("failed", 0), "duration": data["duration"],
-            "latencies": latencies, "client_cpu_seconds": max(cpu - client_vllm.baseline, 0.0)}
+            "latencies": latencies, "client_cpu_seconds": cpu}
 
 
 CLIENTS = {"aiohttp": client_aiohttp, "vllm": client_vllm}
@@ -280,7 +312,7 @@ def measure(server: dict, client, prompts: list[str], concurrency: int, output_l
     """One run against one server: throughput, latency, server and client CPU, spans by part."""
     url, pid = server["url"], server["proc"].pid
     spans0, cpu0 = overhead_cpu(url), cpu_seconds(pid)
-    result = client(url, prompts, concurrency, output_len, tokenizer, work)
+    result = client(url, prompts, concurrency, output_len, tokenizer, work, pid)
     cpu1, spans1 = cpu_seconds(pid), overhead_cpu(url)
     n = max(result["completed"], 1)
     lat = np.array(result["latencies"] or [np.nan]) * 1000
@@ -473,10 +505,12 @@ def plot(out: Path, summary: dict) -> None:
 
     levels = [str(c) for c in summary["concurrency"]]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for policy, rows in summary["results"].items():
-        axes[0].plot(levels, [rows[c]["decisions_per_s"] for c in levels], marker="o", label=policy)
-        axes[2].plot(levels, [rows[c]["p50_ms"] for c in levels], marker="o", label=f"{policy} p50")
-        axes[2].plot(levels, [rows[c]["p99_ms"] for c in levels], marker="x", linestyle="--", label=f"{policy} p99")
+    for i, (policy, rows) in enumerate(summary["results"].items()):
+        color = f"C{i}"
+        axes[0].plot(levels, [rows[c]["decisions_per_s"] for c in levels], marker="o", color=color, label=policy)
+        axes[2].plot(levels, [rows[c]["p50_ms"] for c in levels], marker="o", color=color, label=f"{policy} p50")
+        axes[2].plot(levels, [rows[c]["p99_ms"] for c in levels], marker="x", linestyle="--", color=color,
+                     label=f"{policy} p99")
     axes[0].set(xlabel="concurrency", ylabel="decisions / s", title="Throughput")
     axes[2].set(xlabel="concurrency", ylabel="ms", yscale="log", title="End-to-end latency")
     policies = list(summary["results"])

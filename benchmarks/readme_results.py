@@ -3,7 +3,9 @@
 Reads ``results/calibration/default_mixed-test.json`` (``make calibrate``), the default
 artifact's price of the guarantee, ``results/deferral/summary.json`` (``make
 bench-deferral``), ``results/serving/summary.json`` (``make bench-serve``) and
-``results/remote/summary.json`` (``benchmarks/remote_parity.py``), and replaces what stands
+``results/remote/summary.json`` (``benchmarks/remote_parity.py``), ``results/controller/summary.json``
+(``make bench-controller``) and ``results/dtype/summary.json`` (``make bench-dtype``; left out
+until it has been run on an idle machine), and replaces what stands
 between ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md. A missing file
 leaves its part out and says which command makes it. Run by ``make bench-deferral`` and
 ``make bench-serve``; by hand: ``python benchmarks/readme_results.py``.
@@ -115,6 +117,51 @@ def remote_section(summary: dict) -> list[str]:
             f"p99 {diff['p99']:.4f}, max {diff['max']:.4f} (bf16 kernels batch differently)."]
 
 
+def controller_section(summary: dict) -> list[str]:
+    """The controller's own work over instant tiers: decisions/s and added CPU per policy."""
+    m, results, added = summary["machine"], summary["results"], summary["added"]
+    levels = [str(c) for c in summary["concurrency"]]
+    lines = [f"**Controller** (`make bench-controller`, {summary['created']}: {m['cores']} cores ({m['cpu']}), shared "
+             f"machine; instant tiers, so only vcascade's own work is measured; client: {summary['client']}). "
+             "Decisions/s and server CPU ms per request; added = policy − the no-scoring floor, same run:", "",
+             "| policy | " + " | ".join(f"decisions/s @{c}" for c in levels) + " | CPU ms/req added @1 / @64 "
+             "| p50 ms added @1 |", "|---|" + "---|" * len(levels) + "---|---|"]
+    for policy, rows in results.items():
+        figures = " | ".join(f"{rows[c]['decisions_per_s']:.0f}" for c in levels)
+        if policy == "floor":
+            lines.append(f"| floor (HTTP + rendering) | {figures} | ({rows[levels[0]]['server_cpu_ms']:.2f} ms/req) | |")
+            continue
+        a = added[policy]
+        mid = "64" if "64" in a else levels[-1]
+        lines.append(f"| {policy} | {figures} | {a[levels[0]]['server_cpu_ms']:.2f} / {a[mid]['server_cpu_ms']:.2f} | "
+                     f"{a[levels[0]]['p50_ms']:.2f} |")
+    lines += ["", "`default` embeds each prompt with MiniLM (what the committed artifact was trained on); "
+              "`hashed-standin` has the same rule shapes over hashed n-gram prompt features, fitted to random labels "
+              "(its cost, not its quality: that needs `make calibrate` with `VCASCADE_PROMPT_FEATURES=hashed`). "
+              "CPU by part in [results/controller/summary.md](results/controller/summary.md)."]
+    return lines
+
+
+def dtype_section(summary: dict) -> list[str]:
+    """Raw vLLM tokens/s, bf16 vs float32, per default model."""
+    c, batch = summary["cpu"], summary["batch"]
+    lines = [f"**Engine dtype** (`make bench-dtype`, {summary['created']}: {c['model_name']}, native bf16 flags: "
+             f"{', '.join(c['bf16_flags']) or 'none'}; `dtype: auto` → {c['auto']}). Raw vLLM output tokens/s, greedy, "
+             f"≤ {summary['max_tokens']} tokens, factual questions:", "",
+             f"| model | bf16 batch 1 | bf16 batch {batch} | float32 batch 1 | float32 batch {batch} |", "|---|---|---|---|---|"]
+    by = {}
+    for r in summary["runs"]:
+        by.setdefault(r["model"], {})[r["dtype"]] = r
+    for model, runs in by.items():
+        cells = []
+        for dtype in ("bfloat16", "float32"):
+            r = runs.get(dtype)
+            cells += ([f"{r['batch_1']['tokens_per_s']:.1f}", f"{r[f'batch_{batch}']['tokens_per_s']:.1f}"] if r
+                      else ["–", "–"])
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(root: Path = ROOT) -> str:
     """The Results section's markdown."""
     test = _load(root / "results/calibration/default_mixed-test.json")
@@ -122,12 +169,17 @@ def render(root: Path = ROOT) -> str:
     deferral = _load(root / "results/deferral/summary.json")
     serving = _load(root / "results/serving/summary.json")
     remote = _load(root / "results/remote/summary.json")
+    controller = _load(root / "results/controller/summary.json")
+    dtype = _load(root / "results/dtype/summary.json")
     parts = [
         calibrated_section(test, artifact) if test and artifact else _missing("make calibrate"),
         deferral_section(deferral) if deferral else _missing("make bench-deferral"),
         serving_section(serving) if serving else _missing("make bench-serve"),
         remote_section(remote) if remote else _missing("python benchmarks/remote_parity.py"),
+        controller_section(controller) if controller else _missing("make bench-controller"),
     ]
+    if dtype:
+        parts.append(dtype_section(dtype))
     body = "\n\n".join("\n".join(part) for part in parts)
     return f"## Results\n\n{body}\n"
 
