@@ -100,8 +100,14 @@ def read_artifact(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: artifact not found")
+    return parse_artifact(path.read_text(), path)
+
+
+def parse_artifact(text: str, path: str | Path = "<artifact>") -> dict[str, Any]:
+    """An artifact from its JSON text, checked as ``read_artifact`` checks a file (``path``
+    names it in errors)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
     version = data.get("schema_version") if isinstance(data, dict) else None

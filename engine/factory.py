@@ -6,7 +6,7 @@ before any engine starts, so a wrong artifact fails in a second, not after the s
 
 from __future__ import annotations
 
-from .artifact import ArtifactError, load_artifact_policy, mismatch, read_artifact
+from .artifact import ArtifactError, load_artifact_policy, mismatch, policy_from_artifact, read_artifact
 from .cascade import Cascade
 from .config import CascadeConfig
 from .policy import Policy
@@ -29,6 +29,24 @@ def build_scope(config: CascadeConfig, force_artifact: bool = False) -> Scope:
         return Scope.uncalibrated()
     artifact = read_artifact(config.artifact)
     return Scope.from_artifact(artifact, forced=force_artifact and mismatch(artifact, config) is not None)
+
+
+def cascade_for_artifact(config: CascadeConfig, artifact: dict, tiers, force_artifact: bool = False) -> Cascade:
+    """The cascade over already running ``tiers`` under ``artifact`` (the content of the file
+    ``config.artifact`` names), checked exactly as ``build_cascade`` checks it at start-up:
+    the config's tiers, the running tiers, the learned rules. Raises ``ArtifactError``
+    (or ``ValueError`` for a policy the tiers cannot run); nothing is changed on failure."""
+    problem = mismatch(artifact, config)
+    if problem and not force_artifact:
+        raise ArtifactError(f"{config.artifact} does not match {config.source}: {problem}. "
+                            "Recalibrate for this config, or pass --force-artifact to serve it anyway.")
+    policy = policy_from_artifact(artifact, config.artifact)
+    scope = Scope.from_artifact(artifact, forced=force_artifact and problem is not None)
+    if not force_artifact:
+        problem = mismatch(artifact, config, live=[t.backend for t in tiers])
+        if problem:
+            raise ArtifactError(f"{config.artifact} does not match the running tiers: {problem}")
+    return Cascade(tiers, policy, scope)
 
 
 async def build_cascade(config: CascadeConfig, only: str | None = None, warmup_batch: int = 8,

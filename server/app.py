@@ -42,6 +42,7 @@ from .metrics import Metrics
 from .middleware import ApiKey, BodyLimit
 from .responses import ChunkWriter, Shape, decision_headers, full_response
 from .monitoring import Feedback, GuardCollector, GuardSettings, LiveArtifact, build_guard
+from .reload import reload_counter
 from .schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
 log = logging.getLogger("vcascade.server")
@@ -87,6 +88,18 @@ class Service:
         self.guard = build_guard(cascade, settings.artifact, settings.monitor, self.log, settings.decision_log)
         """The guarantee's monitor (``server.monitoring``), or None."""
         self.metrics.registry.register(GuardCollector(self))
+        self.reloads = reload_counter(self.metrics.registry)
+
+    async def swap(self, cascade: Cascade, artifact: LiveArtifact, guarantee: str | None) -> None:
+        """Serve ``cascade`` (the same tiers under a new artifact's policy) from now on: one step
+        on the event loop, between requests — a request already running finishes under the
+        policy it started with. The monitor restarts from the new calibration."""
+        old = self.guard
+        self.cascade, self.artifact, self.settings.guarantee = cascade, artifact, guarantee
+        self.guard = build_guard(cascade, artifact, self.settings.monitor, self.log, self.settings.decision_log)
+        self.reloads.labels("swapped").inc()
+        if old is not None:
+            await old.close()
 
     def tier_range(self, model: str, max_tier: int | None) -> tuple[int, int]:
         """(first, last) tier for a model id: the cascade (capped at ``max_tier``) or one pinned tier."""
@@ -128,7 +141,8 @@ class Service:
         log.info("%s: client disconnected %s; generation aborted", request_id, after)
 
     def record(self, request_id: str, model: str, endpoint: str, answer: Answer, started: float,
-               ttft: float | None, overhead: Overhead, request: EngineRequest | None = None) -> None:
+               ttft: float | None, overhead: Overhead, request: EngineRequest | None = None,
+               cascade: Cascade | None = None) -> None:
         e2e = time.perf_counter() - started
         self.metrics.observe(model, answer, e2e, ttft, overhead)
         if self.log is not None:
@@ -145,7 +159,7 @@ class Service:
                                                                     "text": answer.text})
             entry.update(record or {"request": None, "text": None, "request_omitted": "size"})
             self.log.write_entry(entry)
-        if self.guard is not None:
+        if self.guard is not None and (cascade is None or cascade is self.guard.cascade):  # not a swapped-out policy's
             self.guard.record(request_id, request, answer)
 
 
@@ -220,6 +234,7 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
         app.add_middleware(ApiKey, key=settings.api_key)
 
     async def serve(raw: Request, body: ChatCompletionRequest | CompletionRequest, chat: bool):
+        cascade = service.cascade  # the live policy when the request arrives (a hot swap changes later ones)
         endpoint = "chat" if chat else "completions"
         started = time.perf_counter()
         request_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
@@ -242,13 +257,15 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
                 answer = await _cancel_on_disconnect(raw, _last(stream))
                 with overhead.span("response"):
                     response = full_response(request_id, shape, answer, service.models).model_dump()
-                service.record(request_id, body.model, endpoint, answer, started, None, overhead, engine_request)
+                service.record(request_id, body.model, endpoint, answer, started, None, overhead, engine_request,
+                               cascade)
                 return JSONResponse(response, headers=decision_headers(answer.tier, answer.tier_index, answer.trace))
             head = await _cancel_on_disconnect(raw, _first(stream))
             streaming = True
             headers = decision_headers(cascade.tiers[head.tier_index].name, head.tier_index, head.trace)
             return _ClosingStreamingResponse(
-                _events(service, stream, head, request_id, shape, endpoint, started, overhead, engine_request),
+                _events(service, stream, head, request_id, shape, endpoint, started, overhead, engine_request,
+                        cascade),
                 media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
         except ClientDisconnected:
             service.disconnected(body.model, request_id, "before the response started")
@@ -271,18 +288,20 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> ModelList:
+        cascade = service.cascade
         tiers = cascade.tiers
         covered = cascade.scope.calibrated and not cascade.scope.forced  # a forced artifact guarantees nothing
         cards = [ModelCard(id=settings.served_model_name, max_model_len=min(t.max_model_len for t in tiers),
                            cascade={"tiers": [t.name for t in tiers], "policy": cascade.policy.describe(),
                                     "guarantee": settings.guarantee if covered else None,
-                                    "scope": cascade.scope.to_dict() if covered else None})]
+                                    "scope": cascade.scope.to_dict() if covered else None,
+                                    "artifact": service.artifact.info() if service.artifact else None})]
         cards += [ModelCard(id=t.name, root=t.config.model, max_model_len=t.max_model_len) for t in tiers]
         return ModelList(data=cards)
 
     @app.get("/health")
     async def health():
-        for tier in cascade.tiers:
+        for tier in service.cascade.tiers:
             try:
                 tier.backend.check_health()
             except EngineDeadError as err:
@@ -370,7 +389,8 @@ async def _first(stream):
 
 
 async def _events(service: Service, stream, head: Delta | Answer, request_id: str, shape: Shape, endpoint: str,
-                  started: float, overhead: Overhead, request: EngineRequest | None = None):
+                  started: float, overhead: Overhead, request: EngineRequest | None = None,
+                  cascade: Cascade | None = None):
     """SSE body: the buffered first delta, the rest as the engine produces it, the final chunk."""
     writer = ChunkWriter(request_id, shape, int(time.time()))
     ttft = None
@@ -382,7 +402,7 @@ async def _events(service: Service, stream, head: Delta | Answer, request_id: st
                 with overhead.span("response"):
                     last = writer.finish(item, service.models)
                 yield last
-                service.record(request_id, shape.model, endpoint, item, started, ttft, overhead, request)
+                service.record(request_id, shape.model, endpoint, item, started, ttft, overhead, request, cascade)
                 return
             with overhead.span("response"):
                 event = writer.delta(item.chunk)

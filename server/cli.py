@@ -2,7 +2,9 @@
 
 Tiers start first (each engine on its own cores), then uvicorn serves the app on the
 process's runtime loop. SIGTERM or Ctrl-C stops accepting connections, lets the requests in
-flight finish (uvicorn's graceful shutdown), then shuts the engines down.
+flight finish (uvicorn's graceful shutdown), then shuts the engines down. SIGHUP reloads
+the artifact (``server.reload``): checked as at start-up, swapped in between requests,
+refused with the reason (the old one keeps serving) when it does not fit the running tiers.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ def cmd_serve(args) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if config.artifact:  # SIGHUP: read the artifact again, check it as at start-up, swap it in between requests
+        from .reload import Reloader
+
+        signal.signal(signal.SIGHUP, Reloader(app.state.service, config, loop, args.force_artifact).on_signal)
     ids = ", ".join([settings.served_model_name, *(t.name for t in cascade.tiers)])
     print(f"serving on http://{args.host}:{args.port}/v1 (models: {ids}); policy: {cascade.policy.describe()}",
           file=sys.stderr)

@@ -60,10 +60,15 @@ class LiveArtifact:
 
     @classmethod
     def read(cls, path: str | Path) -> "LiveArtifact":
-        from vcascade.engine.artifact import read_artifact
+        """One read of the file: its content and its hash describe the same bytes."""
+        from vcascade.engine.artifact import ArtifactError, parse_artifact
 
-        data = read_artifact(path)
-        return cls(data, str(path), hashlib.sha256(Path(path).read_bytes()).hexdigest(), data.get("created"))
+        try:
+            raw = Path(path).read_bytes()
+        except OSError as err:
+            raise ArtifactError(f"{path}: artifact not readable ({err.strerror or err})") from None
+        data = parse_artifact(raw.decode("utf-8", errors="replace"), path)
+        return cls(data, str(path), hashlib.sha256(raw).hexdigest(), data.get("created"))
 
     def info(self) -> dict:
         return {"sha256": self.sha256, "created": self.created, "path": self.path}

@@ -171,3 +171,78 @@ def test_without_a_monitor_health_stays_empty_and_routes_say_why(tmp_path):
         assert httpx.get(f"{url}/v1/monitor").status_code == 404
         assert httpx.post(f"{url}/v1/feedback", json={"id": "x", "correct": True}).status_code == 404
         assert "vcascade:guarantee_state" not in httpx.get(f"{url}/metrics").text
+
+
+# ---------------------------------------------------------------- hot swap
+
+def write_artifact(path, config, threshold, rng, model_hash=None):
+    from vcascade.engine.artifact import tier_identity
+
+    tiers = [tier_identity(t, config) for t in config.tiers]
+    if model_hash:
+        tiers[1] = {**tiers[1], "model_hash": model_hash}
+    scores = mean_logprobs(rng, N_CAL, -2.0, 0.0)[:, None]
+    tier, skipped = route(scores, None, [threshold], None)
+    data = {"schema_version": 2, "created": f"2026-12-01T00:00:0{int(-threshold * 3) % 10}+00:00",
+            "target": "accept-error", "alpha": 0.2, "delta": None, "guarantee": {"statement": f"test {threshold}"},
+            "scope": {"instructions": "cascade", "groups": []}, "tiers": tiers, "fit": {},
+            "policy": {"rules": [{"kind": "signal", "name": "mean_logprob"}], "thresholds": [threshold],
+                       "skip": None, "skip_threshold": None},
+            "monitor": monitor_section(scores, None, tier, skipped, (rng.random(N_CAL) < 0.2)[:, None])}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_reload_swaps_between_requests_and_a_wrong_artifact_is_refused(tmp_path):
+    import concurrent.futures
+    import time
+
+    from vcascade.engine.config import parse_config
+    from vcascade.engine.runtime import runtime
+    from vcascade.engine.factory import cascade_for_artifact
+    from vcascade.server.reload import Reloader
+
+    rng = np.random.default_rng(5)
+    small, large = script_for(rng)
+    tiers = [scripted_tier("small", small, delay=0.5), scripted_tier("large", large)]
+    path = tmp_path / "art.json"
+    config = parse_config({"signal": "mean_logprob", "tiers": [
+        {"name": "small", "model": "test/small", "sampling": {"max_tokens": 8}, "threshold": -1.0},
+        {"name": "large", "model": "test/large", "sampling": {"max_tokens": 8}}]}).with_artifact(str(path))
+    write_artifact(path, config, -1.0, rng)
+    first = LiveArtifact.read(path)
+    cascade = cascade_for_artifact(config, first.data, tiers)
+    app = create_app(cascade, Settings(artifact=first, monitor=GuardSettings(seed=2)))
+    reloader = Reloader(app.state.service, config, runtime())
+    with serve_app(app) as url:
+        for i in range(5):
+            ask(url, f"in{i}")
+        tiers[0].backend.delay = 3.0
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            running = [pool.submit(ask, url, f"in{10 + i}") for i in range(16)]
+            deadline = time.monotonic() + 20
+            while app.state.service.in_flight < 16 and time.monotonic() < deadline:
+                time.sleep(0.01)  # until all 16 are admitted (each at the small tier for 3 s)
+            assert app.state.service.in_flight == 16, app.state.service.in_flight
+            write_artifact(path, config, -1.7, rng)
+            assert reloader.reload()
+            answers = [f.result() for f in running]
+        tiers[0].backend.delay = 0.0
+        assert all(a["cascade"]["trace"][0]["threshold"] == -1.0 for a in answers)  # started before: old policy
+        after = ask(url, "in40")
+        assert after["cascade"]["trace"][0]["threshold"] == -1.7
+        second = LiveArtifact.read(path)
+        card = httpx.get(f"{url}/v1/models").json()["data"][0]["cascade"]
+        assert card["artifact"]["sha256"] == second.sha256 != first.sha256 and card["guarantee"] == "test -1.7"
+        snap = httpx.get(f"{url}/v1/monitor").json()
+        assert snap["artifact"]["sha256"] == second.sha256 and snap["observed"] == 1  # restarted, fed the new policy
+        # a wrong artifact: another model for the last tier, or not JSON at all: refused, the old one serves
+        write_artifact(path, config, -0.5, rng, model_hash="sha256:" + "0" * 64)
+        assert not reloader.reload()
+        path.write_text('{"schema_version": 2, "tiers": [')
+        assert not reloader.reload()
+        assert ask(url, "in41")["cascade"]["trace"][0]["threshold"] == -1.7
+        metrics = httpx.get(f"{url}/metrics").text
+        assert f'sha256="{second.sha256}"' in metrics and f'sha256="{first.sha256}"' not in metrics
+        assert 'vcascade:artifact_reloads_total{outcome="refused"} 2.0' in metrics
+        assert 'vcascade:artifact_reloads_total{outcome="swapped"} 1.0' in metrics

@@ -117,3 +117,72 @@ def test_shifted_traffic_flips_the_state_and_the_log_recalibrates(calibrated, ti
     with serve_app(app) as url:
         assert chat(url, "Question 3: say cat.")["cascade"]["in_scope"] is True
         assert httpx.get(f"{url}/v1/monitor").json()["artifact"]["sha256"] == LiveArtifact.read(new).sha256
+
+
+def test_sighup_swaps_the_artifact_under_load_and_refuses_a_wrong_one(calibrated, tmp_path):
+    import concurrent.futures
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.servers import free_port, wait_for
+
+    _, config, artifact, *_ = calibrated
+    live = tmp_path / "live.json"
+    original = json.loads(artifact.read_text())
+    live.write_text(json.dumps(original))
+    cfg = tmp_path / "serve.yaml"
+    served = yaml.safe_load(config.read_text())
+    for tier in served["tiers"]:
+        tier.pop("threshold", None)  # the thresholds come from the artifact
+    cfg.write_text(yaml.safe_dump({**served, "artifact": str(live)}))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    out = open(tmp_path / "serve.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "vcascade.engine.cli", "serve", "--config", str(cfg), "--port",
+                             str(port), "--warmup-batch", "1"], stdout=out, stderr=subprocess.STDOUT)
+
+    def sha():
+        return httpx.get(f"{url}/v1/models").json()["data"][0]["cascade"]["artifact"]["sha256"]
+
+    def eventually(check, seconds=60):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if check():
+                return True
+            time.sleep(0.2)
+        return False
+
+    try:
+        wait_for(f"{url}/health", 300, proc)
+        first = sha()
+        old = original["policy"]["thresholds"][0]
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            running = [pool.submit(chat, url, f"Question {200 + i}: say {WORDS[i % len(WORDS)]}.", max_tokens=12)
+                       for i in range(16)]
+            time.sleep(0.3)
+            live.write_text(json.dumps({**original, "created": "2026-12-02T00:00:00+00:00",
+                                        "policy": {**original["policy"], "thresholds": [-100.0]}}))
+            proc.send_signal(signal.SIGHUP)
+            answers = [f.result(timeout=120) for f in running]  # none lost
+        assert len(answers) == 16 and all(a["choices"][0]["message"]["content"] is not None for a in answers)
+        assert all(a["cascade"]["trace"][0]["threshold"] in (old, -100.0) for a in answers)
+        assert eventually(lambda: sha() != first)
+        assert chat(url, "Question 1: say no.")["cascade"]["trace"][0]["threshold"] == -100.0
+        card = httpx.get(f"{url}/v1/models").json()["data"][0]["cascade"]
+        assert card["artifact"]["created"] == "2026-12-02T00:00:00+00:00"
+        swapped = sha()
+        wrong = json.loads(live.read_text())
+        wrong["tiers"][1]["model_hash"] = "sha256:" + "0" * 64
+        live.write_text(json.dumps(wrong))
+        proc.send_signal(signal.SIGHUP)
+        assert eventually(lambda: "artifact reload refused" in (tmp_path / "serve.log").read_text())
+        assert sha() == swapped and chat(url, "Question 2: say yes.")["cascade"]["trace"][0]["threshold"] == -100.0
+        assert 'vcascade:artifact_reloads_total{outcome="refused"} 1.0' in httpx.get(f"{url}/metrics").text
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out.close()
