@@ -264,13 +264,21 @@ class CpuSampler:
         self._stop.set()
         self._thread.join()
 
-    def client_cpu_while_serving(self) -> float:
-        """Client CPU seconds between the first and the last sample at which the server's CPU grew."""
-        busy = [i for i in range(1, len(self.samples)) if self.samples[i][1] > self.samples[i - 1][1]]
-        if not busy:
+    def client_cpu_while_serving(self, duration: float) -> float:
+        """Client CPU seconds over the ``duration`` seconds of traffic (the client's own figure)
+        that end when the server was last busy (>= a quarter core over 0.1 s)."""
+        t, server, client = (np.array(column) for column in zip(*self.samples)) if self.samples else ([], [], [])
+        if len(t) < 2:
             return 0.0
-        first, last = busy[0] - 1, busy[-1]
-        return self.samples[last][2] - self.samples[first][2]
+        ahead = np.searchsorted(t, t + 0.1)
+        ok = ahead < len(t)
+        i = np.nonzero(ok)[0]
+        rate = (server[ahead[i]] - server[i]) / (t[ahead[i]] - t[i])
+        busy = i[rate >= 0.25]
+        if not len(busy):
+            return 0.0
+        end = t[ahead[busy[-1]]]
+        return float(np.interp(end, t, client) - np.interp(end - duration, t, client))
 
 
 def _vllm_bench(url, prompts_path: Path, n: int, concurrency: int, output_len: int, tokenizer: str, result: Path,
@@ -289,7 +297,8 @@ def _vllm_bench(url, prompts_path: Path, n: int, concurrency: int, output_len: i
     sampler.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"vllm bench serve failed:\n{stderr[-3000:]}")
-    return json.loads(result.read_text()), sampler.client_cpu_while_serving()
+    data = json.loads(result.read_text())
+    return data, sampler.client_cpu_while_serving(data["duration"])
 
 
 def client_vllm(url: str, prompts: list[str], concurrency: int, output_len: int, tokenizer: str, work: Path,
@@ -367,6 +376,7 @@ def main(argv=None) -> int:
     p.add_argument("--artifact")
     p.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp")
     p.add_argument("--concurrency", default="1,16,64,256")
+    p.add_argument("--policies", default=",".join(POLICIES), help="servers to run (the floor always runs)")
     p.add_argument("--requests", type=int, default=512, help="requests per run (at least 4 x concurrency)")
     p.add_argument("--requests-c1", type=int, default=200, help="requests of the concurrency-1 runs")
     p.add_argument("--quick", action="store_true", help="smoke test: concurrency 1 and 8, a few requests")
@@ -386,7 +396,8 @@ def main(argv=None) -> int:
     work = out / "runs"
     work.mkdir(parents=True, exist_ok=True)
     client = CLIENTS[args.client]
-    servers = [start_server(policy, args, work / f"{policy}.log") for policy in POLICIES]
+    chosen = ["floor"] + [p for p in args.policies.split(",") if p in POLICIES and p != "floor"]
+    servers = [start_server(policy, args, work / f"{policy}.log") for policy in chosen]
     results: dict[str, dict] = {s["policy"]: {} for s in servers}
     try:
         for server in servers:
