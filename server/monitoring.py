@@ -8,7 +8,8 @@ decision the server records (``Guard.record``). Around it:
   at most ``audit_concurrency`` at once, at most ``audit_max_pending`` waiting (a request
   decided while the queue is full stays out of the audit lottery: the bound then covers the
   requests that were in it), and no new audits once ``audit_max_tokens`` tokens were spent
-  (the bound keeps covering the requests decided before). The two answers are compared
+  (the bound keeps covering the requests decided before); an audit that fails or takes
+  longer than ``audit_timeout_s`` counts as a disagreement. The two answers are compared
   with the kept tier's answer equivalence (the registry semantic entropy uses); each audit
   is a line ``{"type": "audit", ...}`` in the decision log;
 * **feedback** (``POST /v1/feedback``): a label for a recent response — ``correct`` or a
@@ -27,7 +28,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -83,6 +83,7 @@ class GuardSettings:
     audit_concurrency: int = 2
     audit_max_pending: int = 64
     audit_max_tokens: int | None = 1_000_000
+    audit_timeout_s: float = 300.0
     seed: int | None = None
 
 
@@ -161,7 +162,7 @@ class Guard:
             self.audits["started"] += 1
             disagree, audit_text, error = None, None, None
             try:
-                result = await last.generate(request)
+                result = await asyncio.wait_for(last.generate(request), self.settings.audit_timeout_s)
                 audit_text = result.text
                 self.audit_tokens += result.prompt_tokens + result.completion_tokens
                 equivalence = get_equivalence(_tier_equivalence(kept_tier.config))
@@ -243,10 +244,6 @@ class Guard:
                          "share": self.settings.audit_share}
         out["feedback"] = dict(self.labels)
         return out
-
-
-def _finite(value) -> float:
-    return float("nan") if value is None else float(value) if math.isfinite(float(value)) else float(value)
 
 
 class GuardCollector:
