@@ -50,10 +50,14 @@ def calibrated_section(test: dict, artifact: dict) -> list[str]:
                   "| fit | threshold | escalated | cost vs always-large | resampled fits above α | 90th pct. risk |",
                   "|---|---|---|---|---|---|"]
         for kind, fit in price.items():
-            label = "marginal (CRC, `--delta none`)" if fit["delta"] is None else f"(α, δ = {fit['delta']})"
-            spread = fit["spread"]
+            if kind == "no-guarantee":
+                label = "no guarantee (empirical risk ≤ α)"
+            else:
+                label = "marginal (CRC, `--delta none`)" if fit["delta"] is None else f"(α, δ = {fit['delta']})"
+            spread = fit.get("spread") if fit["delta"] is None and kind != "no-guarantee" else None
+            above = f"{_pct(spread['share_above_alpha'])} | {spread['risk_q90']:.4f}" if spread else "- | -"
             lines.append(f"| {label} | {fit['threshold']:.4f} | {_pct(fit['escalated'])} | {fit['cost_ratio']:.3f} | "
-                         f"{_pct(spread['share_above_alpha'])} | {spread['risk_q90']:.4f} |")
+                         f"{above} |")
     return lines
 
 
@@ -105,6 +109,31 @@ def serving_section(summary: dict) -> list[str]:
             f"{_pct(inside.get('overhead_share_of_generation', float('nan')))} |")
     lines += ["", "Full figures, TPOT/ITL, ratios vs always-small and plots in "
               "[results/serving/summary.md](results/serving/summary.md)."]
+    return lines
+
+
+def groups_section(summary: dict) -> list[str]:
+    """Per-group guarantees: held-out loss per source, price next to the mix's policy, validity."""
+    g, m = summary["evaluate"]["grouped"], summary["evaluate"]["mix"]
+    valid = summary["validity"]
+    grouped_fail = valid["per-group fit"]["failing_groups"]
+    mix_fail = valid["one fit for the mix"]["failing_groups"]
+    worst = max(g["groups"].items(), key=lambda kv: kv[1]["quality_loss"])
+    worst_mix = max(m["groups"].items(), key=lambda kv: kv[1]["quality_loss"])
+    lines = [f"**Per-group guarantees** (`python benchmarks/groups.py`; {summary['n_items']} `mixed` items, group = "
+             f"source, calibrated on {summary['n_calibration']}, {g['n']} held out — about "
+             f"{g['n'] // len(g['groups'])} per source, so a realized loss carries a standard error of about "
+             f"{summary['held_out_se']:.3f}):", "",
+             "| policy | held-out quality loss (all) | worst source | escalated | cost vs always-large |",
+             "|---|---|---|---|---|",
+             f"| `--group-by group` (each source ≤ α w.p. ≥ 90 %) | {g['quality_loss']:.4f} | "
+             f"{worst[0]} {worst[1]['quality_loss']:.4f} | {_pct(g['escalated'])} | {g['cost_ratio']:.2f} |",
+             f"| one policy for the mix | {m['quality_loss']:.4f} | {worst_mix[0]} {worst_mix[1]['quality_loss']:.4f} | "
+             f"{_pct(m['escalated'])} | {m['cost_ratio']:.2f} |", "",
+             f"Validity over {valid['per-group fit']['splits']} random splits of the real cached generations: "
+             f"per-group fits exceed α in more than δ (+ noise) of the calibrations for "
+             f"{', '.join(grouped_fail) or 'no source'}; one fit for the mix does for {', '.join(mix_fail) or 'no source'}. "
+             "Per-source tables in [results/groups/summary.md](results/groups/summary.md)."]
     return lines
 
 
@@ -171,10 +200,12 @@ def render(root: Path = ROOT) -> str:
     remote = _load(root / "results/remote/summary.json")
     controller = _load(root / "results/controller/summary.json")
     dtype = _load(root / "results/dtype/summary.json")
+    groups = _load(root / "results/groups/summary.json")
     parts = [
         calibrated_section(test, artifact) if test and artifact else _missing("make calibrate"),
         deferral_section(deferral) if deferral else _missing("make bench-deferral"),
         serving_section(serving) if serving else _missing("make bench-serve"),
+        groups_section(groups) if groups else _missing("python benchmarks/groups.py"),
         remote_section(remote) if remote else _missing("python benchmarks/remote_parity.py"),
         controller_section(controller) if controller else _missing("make bench-controller"),
     ]
