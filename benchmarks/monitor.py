@@ -154,7 +154,12 @@ def load_arrays(path: Path, synthetic: bool) -> dict:
     if arrays["skip_scores"].size == 0:
         arrays["skip_scores"] = None
     arrays["groups"] = arrays["groups"].astype(str)
-    disagree, why = real_disagreement(arrays)
+    sizes = {}
+    summary = path.with_name("summary.json")  # benchmarks/groups.py records the sizes it used
+    if summary.is_file():
+        recorded = json.loads(summary.read_text())
+        sizes = {"n_items": recorded.get("n_items", 2400), "n_calibration": recorded.get("n_calibration", 1600)}
+    disagree, why = real_disagreement(arrays, **sizes)
     if disagree is None:
         arrays["disagree"] = arrays["correct"][:, 0] != arrays["correct"][:, -1]
         arrays["disagreement_source"] = f"exactly one tier right (cached texts not matched: {why})"
