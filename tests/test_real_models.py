@@ -66,7 +66,7 @@ def test_default_cascade_behind_the_server_answers_the_openai_client(default_cas
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         assert {m.id for m in client.models.list().data} == {"vcascade", "qwen-0.5b", "qwen-1.5b"}
         question = [{"role": "user", "content": "Which planet is closest to the Sun?"}]
-        reply = client.chat.completions.with_raw_response.create(model="vcascade", messages=question, max_tokens=16)
+        reply = client.chat.completions.with_raw_response.create(model="vcascade", messages=question)
         body = reply.parse()
         decision = body.model_extra["cascade"]
         first = decision["trace"][0]
@@ -77,10 +77,16 @@ def test_default_cascade_behind_the_server_answers_the_openai_client(default_cas
             kept = first["score"] >= policy.thresholds[0]
             assert first["decision"] == ("accept" if kept else "escalate")
             assert decision["tier"] == ("qwen-0.5b" if kept else "qwen-1.5b")
-        stream = client.chat.completions.create(model="vcascade", messages=question, max_tokens=16, stream=True)
+        stream = client.chat.completions.create(model="vcascade", messages=question, stream=True)
         chunks = list(stream)
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert streamed == body.choices[0].message.content  # greedy: the same answer, the same decision
         assert chunks[-1].model_extra["cascade"]["tier"] == decision["tier"]
+        # the committed artifact was calibrated with 32-token answers and its own system prompt
+        short = client.chat.completions.create(model="vcascade", messages=question, max_tokens=16)
+        assert short.model_extra["cascade"]["out_of_scope"] == ["max_tokens"]
+        own = client.chat.completions.create(model="vcascade", messages=[
+            {"role": "system", "content": "Explain your reasoning step by step."}, *question], max_tokens=32)
+        assert own.model_extra["cascade"]["out_of_scope"] == ["system_prompt"]
         metrics = httpx.get(f"{url}/metrics").text
         assert 'vcascade:request_success_total{' in metrics and 'tier="' + decision["tier"] + '"' in metrics
