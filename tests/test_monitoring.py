@@ -335,3 +335,24 @@ def test_calibration_monitor_reference_from_cached_answers():
     assert section["disagreement_rate"] == 0.5  # kept: q0 (agrees), q1 (disagrees)
     assert section["scores"] == [[1.0, 2.0, -1.0, -math.inf]] and section["equivalence"] == "normalized"
     assert section["counts"]["kept_disagree"] == 1
+
+
+def test_the_committed_default_artifact_carries_a_monitor_reference():
+    """`make serve` is monitored: the default artifact's monitor section (backfilled from the
+    cached calibration-split items, benchmarks/backfill_monitor.py) loads under its own policy."""
+    from pathlib import Path
+
+    from vcascade.engine.artifact import load_artifact_policy, read_artifact
+    from vcascade.engine.config import load_config
+    from vcascade.engine.monitoring import Monitor
+    from vcascade.engine.monitoring.reference import Reference
+
+    config = load_config(None)
+    path = Path(config.artifact)
+    artifact = read_artifact(path)
+    policy = load_artifact_policy(path, config)
+    reference = Reference.from_artifact(artifact, policy)
+    assert reference.n >= 500 and "calibration-split items" in artifact["monitor"]["reference"]
+    # the stored routing agrees with the rates the section states
+    assert abs(float((reference.answered == 0).mean()) - artifact["monitor"]["acceptance_rate"]) < 0.05
+    Monitor(reference, [t.name for t in config.tiers])
