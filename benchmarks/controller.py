@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_load import wait_healthy  # noqa: E402  (the serving benchmark's readiness check)
 
 POLICIES = ("floor", "default", "hashed-standin")
 PARTS = ("rendering", "embedding", "scoring", "response")
@@ -172,22 +173,6 @@ def overhead_cpu(url: str) -> dict[str, tuple[float, float]]:
                                       flags=re.M):
             out.setdefault(part, [0.0, 0.0])[kind == "count"] = float(value)
     return {k: (v[0], v[1]) for k, v in out.items()}
-
-
-def wait_up(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not up after {timeout} s")
 
 
 def payload(prompt: str, output_len: int) -> dict:
@@ -401,7 +386,7 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {s["policy"]: {} for s in servers}
     try:
         for server in servers:
-            wait_up(server["url"], server["proc"])
+            wait_healthy(server["url"], server["proc"], timeout=180)
         warm = load_prompts(config, 64)
         for server in servers:  # load the features' models, fill caches, first-request costs
             client_aiohttp(server["url"], warm, 8, output_len, tokenizer, work)

@@ -97,6 +97,9 @@ def write_report(out_dir: Path, artifact: dict, data: CalibrationData, names: li
     lines = [
         "# Calibration report", "", header, "",
         f"**Guarantee:** {artifact['guarantee']['statement']} — assuming {artifact['guarantee']['assumption']}.", "",
+        *([f"- per-group thresholds (table below); the lines that follow are the fallback group "
+           f"`{policy['fallback_group']}`'s fit, the policy for requests of no known group"]
+          if policy.get("groups") else []),
         f"- target **{fit['target']}**, α = {fit['alpha']}, δ = {fit['delta']}, method: {fit['method']}, "
         f"n = {fit['n']}: **{verdict}**",
         f"- rules: {rule_names}; thresholds {[_fmt(t, 4) for t in fit['thresholds']]}",
