@@ -354,7 +354,6 @@ def _add_docs(app: FastAPI) -> None:
     API key like every route but ``/health``, ``/version`` and ``/metrics``. Without vLLM's copy
     (a remote-only install) the page loads Swagger UI from FastAPI's default CDN."""
     from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.responses import FileResponse
 
     assets = _swagger_assets()
 
@@ -364,8 +363,12 @@ def _add_docs(app: FastAPI) -> None:
                  "swagger_favicon_url": ""} if assets else {}
         return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API", **local)
 
-    for name in ("swagger-ui-bundle.js", "swagger-ui.css") if assets else ():
-        app.add_api_route(f"/docs/{name}", lambda path=assets / name: FileResponse(path), include_in_schema=False)
+    # held in memory (1.5 MB): a file response reads in worker threads, which a busy event loop
+    # shared with the engines may not schedule in time
+    for name, media in (("swagger-ui-bundle.js", "text/javascript"), ("swagger-ui.css", "text/css")) if assets else ():
+        body = (assets / name).read_bytes()
+        app.add_api_route(f"/docs/{name}", lambda body=body, media=media: Response(body, media_type=media),
+                          include_in_schema=False)
 
 
 async def _last(stream):

@@ -17,10 +17,11 @@ import sys
 from threadpoolctl import ThreadpoolController
 
 
-@functools.lru_cache(maxsize=2)
-def _controller(torch_loaded: bool) -> ThreadpoolController:
-    """The process's loaded thread-pool libraries, inspected once (it walks the loaded
-    libraries), and again once torch — the embedding model's OpenMP — has been imported."""
+@functools.lru_cache(maxsize=4)
+def _controller(modules_loaded: int) -> ThreadpoolController:
+    """The process's loaded thread-pool libraries, inspected again whenever modules were
+    imported since the last look (an import may load another OpenMP runtime, e.g. torch's
+    for the embedding model); inspecting walks the loaded libraries, so it is cached."""
     return ThreadpoolController()
 
 
@@ -31,5 +32,5 @@ def single_threaded():
     OpenMP's thread count is per calling thread, so concurrent blocks in other threads
     neither see nor undo it: call it in the thread that does the work. BLAS pools are
     process-wide and left alone (one-row products do not use their threads)."""
-    with _controller("torch" in sys.modules).limit(limits=1, user_api="openmp"):
+    with _controller(len(sys.modules)).limit(limits=1, user_api="openmp"):
         yield
