@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,16 +83,10 @@ def calibration_scope(config, items, groups: list[str] | None) -> dict:
 def check_before_generating(args, delta, config, items) -> None:
     """Refuse every fit that cannot be done before any engine starts (``check_fittable``):
     the items the fit will see are known from the split alone."""
-    n_fit = len(items) if args.signal else len(three_way_split(len(items), args.seed).calibrate)
     fit_items = items if args.signal else [items[i] for i in three_way_split(len(items), args.seed).calibrate]
-    sizes = None
-    if args.group_by:
-        sizes = {}
-        for item in fit_items:
-            g = group_of(item, args.group_by)
-            sizes[g] = sizes.get(g, 0) + 1
+    sizes = dict(Counter(group_of(item, args.group_by) for item in fit_items)) if args.group_by else None
     check_fittable(args.target, args.alpha, delta, len(config.tiers), has_skip=not (args.signal or args.no_skip),
-                   group_sizes=sizes, n=None if sizes else n_fit, delta_split=args.delta_split,
+                   group_sizes=sizes, n=None if sizes else len(fit_items), delta_split=args.delta_split,
                    p_value_kind=args.p_value)
 
 
