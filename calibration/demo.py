@@ -44,8 +44,8 @@ def _run(cascade, requests, first: int = 0, last: int | None = None):
 
 
 def _cost(cascade, answers) -> float:
-    per_token = {t.name: t.cost_per_token for t in cascade.tiers}
-    return sum(per_token[s.tier] * (s.prompt_tokens + s.completion_tokens) for a in answers for s in a.trace)
+    tiers = {t.name: t.config for t in cascade.tiers}
+    return sum(tiers[s.tier].price(s.prompt_tokens, s.completion_tokens) for a in answers for s in a.trace)
 
 
 def cmd_demo(args) -> int:

@@ -169,7 +169,8 @@ def policy_from_artifact(artifact: dict[str, Any], path: str | Path = "<artifact
     fallback = spec.get("fallback_group") if groups else None
     if groups:  # the top-level thresholds are the fallback group's
         thresholds, skip_threshold = by_group[fallback]
-    return Policy(rules, thresholds, skip, skip_threshold, by_group, fallback)
+    return Policy(rules, thresholds, skip, skip_threshold, by_group, fallback,
+                  spec.get("group_by") if groups else None)
 
 
 def load_artifact_policy(path: str | Path, config: CascadeConfig, force: bool = False) -> Policy:

@@ -114,7 +114,8 @@ class Cascade:
         if not 0 <= first <= last < len(self.tiers):
             raise ValueError(f"tier range {first}..{last} is outside 0..{len(self.tiers) - 1}")
         overhead = overhead if overhead is not None else Overhead()
-        policy, group, _ = self.policy.for_group(request.group)
+        policy, group, _ = self.policy.for_group(
+            self.policy.group_of(request, self.tiers[0].config.sampling.max_tokens))
         out_of_scope = self.scope.reasons(request, self.tiers, first, last)
         query = Query(request)
         trace: list[TraceStep] = []

@@ -103,6 +103,12 @@ class _TierBase(_Strict):
     name: str = Field(min_length=1)
     model: str = Field(min_length=1)
     cost_per_token: float = Field(1.0, gt=0)
+    """The price of one token, prompt or output, unless one of the next two is set."""
+    cost_per_prompt_token: float | None = Field(None, gt=0)
+    """The price of one prompt token (default: ``cost_per_token``)."""
+    cost_per_output_token: float | None = Field(None, gt=0)
+    """The price of one generated token, greedy answer or sample (default: ``cost_per_token``).
+    Decoding dominates long answers: price it apart from the prompt."""
     threshold: float | None = None
     sampling: SamplingConfig = SamplingConfig()
     samples: SamplesConfig | None = None
@@ -120,6 +126,18 @@ class _TierBase(_Strict):
     @property
     def is_remote(self) -> bool:
         return isinstance(self, RemoteTierConfig)
+
+    @property
+    def prompt_price(self) -> float:
+        return self.cost_per_token if self.cost_per_prompt_token is None else self.cost_per_prompt_token
+
+    @property
+    def output_price(self) -> float:
+        return self.cost_per_token if self.cost_per_output_token is None else self.cost_per_output_token
+
+    def price(self, prompt_tokens: int, output_tokens: int) -> float:
+        """What one request costs at this tier: prompt and output tokens at their prices."""
+        return self.prompt_price * prompt_tokens + self.output_price * output_tokens
 
 
 class EngineTierConfig(_TierBase):

@@ -10,6 +10,12 @@ A per-group artifact (Mondrian calibration) certifies thresholds per group of tr
 ``by_group`` maps each group to its ``(thresholds, skip_threshold)``, the same rules, and
 ``for_group`` picks them; a request of no known group gets the most conservative group's
 (``fallback_group``: the one that escalates most on its calibration items).
+
+Which group a request belongs to is either named by the client (``Request.group``) or,
+with ``group_by == "length"``, a fixed function of the request itself (``length_group``:
+"long" when it asks for a larger answer budget than the tiers' configured one, else
+"short"). A group function fixed before calibration keeps Mondrian validity per group,
+and clients need not name anything.
 """
 
 from __future__ import annotations
@@ -18,7 +24,16 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
+from .types import Request
 from .uncertainty.rules import Rule, SignalRule, SkipRule
+
+LENGTH_GROUPS = ("short", "long")
+
+
+def length_group(max_tokens: int | None, budget: int) -> str:
+    """``"long"`` when a request asks for more than ``budget`` answer tokens (the tiers'
+    configured ``max_tokens``), else ``"short"``."""
+    return "long" if max_tokens is not None and max_tokens > budget else "short"
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,8 @@ class Policy:
     skip_threshold: float | None = None
     by_group: Mapping[str, tuple[tuple[float, ...], float | None]] = field(default_factory=dict)
     fallback_group: str | None = None
+    group_by: str | None = None
+    """``"length"``: a request's group is ``length_group(request)``; otherwise the client names it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
@@ -44,6 +61,10 @@ class Policy:
         if self.by_group and self.fallback_group not in self.by_group:
             raise ValueError(f"the fallback group {self.fallback_group!r} is not one of the policy's groups")
 
+    def group_of(self, request: Request, budget: int) -> str | None:
+        """The group whose thresholds decide ``request`` (``budget``: tier 0's configured max_tokens)."""
+        return length_group(request.max_tokens, budget) if self.group_by == "length" else request.group
+
     def for_group(self, group: str | None) -> tuple["Policy", str | None, bool]:
         """``(policy, group used, known)``: the thresholds of ``group``, or the fallback
         group's when ``group`` is unknown (``known`` false); ``self`` without groups."""
@@ -53,7 +74,7 @@ class Policy:
         name = group if known else self.fallback_group
         thresholds, skip_threshold = self.by_group[name]
         return replace(self, thresholds=tuple(thresholds), skip_threshold=skip_threshold, by_group={},
-                       fallback_group=None), name, known
+                       fallback_group=None, group_by=None), name, known
 
     @classmethod
     def from_signal(cls, signal: str, thresholds) -> "Policy":

@@ -23,7 +23,8 @@ REASONS = {
     "forced_artifact": "the artifact was forced onto a cascade it does not match (--force-artifact)",
     "endpoint": "a raw completion prompt; the calibration rendered chat requests",
     "system_prompt": "the request's own system turn replaces the instructions the calibration used",
-    "max_tokens": "max_tokens differs from the calibrated answer budget",
+    "max_tokens": "max_tokens is none of the calibrated answer budgets (the tiers' own, or one the calibration "
+                  "items asked for)",
     "decoding": "temperature, top_p, stop or seed differ from the calibrated decoding",
     "tier_range": "a pinned tier or cascade.max_tier: the certified policy is not running",
     "group_unknown": "the request's group is not one the artifact calibrated; the most conservative group's "
@@ -44,7 +45,10 @@ class Scope:
     ``instructions`` is ``"cascade"`` when every calibration item was rendered with the
     cascade's ``system_prompt`` (a request with any other system turn is then out of
     scope), ``"items"`` when the items carried their own system turns (a request may bring
-    its own). ``max_tokens`` is each tier's calibrated answer budget (tier order);
+    its own). ``max_tokens`` is each tier's configured answer budget (tier order);
+    ``item_max_tokens`` the budgets calibration items set for themselves (a request may ask
+    for one of them), and ``tier_budget_calibrated`` whether any item ran under the tiers'
+    own budget (when none did, a request without ``max_tokens`` is out of scope);
     ``groups`` the groups of a per-group artifact (empty: one policy for the mix).
     """
 
@@ -54,6 +58,11 @@ class Scope:
     system_prompt: str | None = None
     max_tokens: tuple[int, ...] = ()
     groups: tuple[str, ...] = field(default=())
+    item_max_tokens: tuple[int, ...] = ()
+    tier_budget_calibrated: bool = True
+    group_by: str | None = None
+    """``"length"``: groups are a function of the request (``engine.policy.length_group``),
+    so every request has a known group."""
 
     @classmethod
     def uncalibrated(cls) -> "Scope":
@@ -68,12 +77,17 @@ class Scope:
         return cls(calibrated=True, forced=forced, instructions=recorded.get("instructions", "cascade"),
                    system_prompt=decoding.get("system_prompt"),
                    max_tokens=tuple(int(t["decoding"]["sampling"]["max_tokens"]) for t in tiers),
-                   groups=tuple(recorded.get("groups") or ()))
+                   groups=tuple(recorded.get("groups") or ()),
+                   item_max_tokens=tuple(int(b) for b in recorded.get("item_max_tokens") or ()),
+                   tier_budget_calibrated=bool(recorded.get("tier_budget_calibrated", True)),
+                   group_by=recorded.get("group_by"))
 
     def to_dict(self) -> dict[str, Any]:
         """What the artifact records under ``"scope"`` (the rest is in its tiers)."""
         return {"endpoint": "chat", "instructions": self.instructions, "system_prompt": self.system_prompt,
-                "max_tokens": list(self.max_tokens), "groups": list(self.groups)}
+                "max_tokens": list(self.max_tokens), "item_max_tokens": list(self.item_max_tokens),
+                "tier_budget_calibrated": self.tier_budget_calibrated, "groups": list(self.groups),
+                "group_by": self.group_by}
 
     def reasons(self, request: Request, tiers: Sequence, first: int, last: int) -> list[str]:
         """Why ``request``, run on tiers ``first``..``last``, is outside this scope (empty: inside).
@@ -92,12 +106,15 @@ class Scope:
         chosen = tiers[first : last + 1]
         budgets = self.max_tokens[first : last + 1] if self.max_tokens else [t.config.sampling.max_tokens
                                                                              for t in chosen]
-        if request.max_tokens is not None and any(request.max_tokens != b for b in budgets):
+        if request.max_tokens is None:
+            if not self.tier_budget_calibrated:
+                out.append("max_tokens")
+        elif request.max_tokens not in self.item_max_tokens and any(request.max_tokens != b for b in budgets):
             out.append("max_tokens")
         if not all(t.keeps_calibrated_decoding(request) for t in chosen):
             out.append("decoding")
         if first != 0 or last != len(tiers) - 1:
             out.append("tier_range")
-        if self.groups and request.group not in self.groups:
+        if self.groups and self.group_by != "length" and request.group not in self.groups:
             out.append("group_unknown")
         return out

@@ -85,7 +85,7 @@ class TierResult:
     ``token_logprobs[i]`` is the log-probability of the i-th chosen token (text
     ``tokens[i]``, id ``token_ids[i]``; remote tiers report no ids); ``top_logprobs[i]``
     lists the k most likely ``(token, logprob)`` pairs at position i, most likely first
-    (k = the tier's ``logprobs`` setting). Log-probabilities are the model's raw ones
+    (k = the tier's ``logprobs`` setting); ``max_tokens`` is the answer budget it ran with. Log-probabilities are the model's raw ones
     (before temperature / top-p). ``seconds`` is the wall time from submitting the request
     to this tier until its answer was complete.
 
@@ -109,6 +109,9 @@ class TierResult:
     samples: list[Sample] = field(default_factory=list)
     clusters: list[int] = field(default_factory=list)
     greedy_cluster: int | None = None
+    max_tokens: int | None = None
+    """The answer budget the tier generated under (``None``: not recorded, e.g. results
+    cached before it was)."""
 
     @property
     def sampled_tokens(self) -> int:

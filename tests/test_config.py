@@ -33,7 +33,9 @@ def test_valid_config_parses_with_defaults(tmp_path):
 def test_embedded_default_is_the_qwen_cascade_with_its_artifact():
     config = load_config()
     assert [t.model for t in config.tiers] == ["qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct"]
-    assert config.tiers[0].cost_per_token < config.tiers[1].cost_per_token
+    small, large = config.tiers
+    assert small.output_price < large.output_price and small.prompt_price < large.prompt_price
+    assert small.prompt_price < small.output_price  # decoding is priced above prefill
     assert config.thresholds == (None,) and config.artifact.endswith("engine/default_cascade.artifact.json")
     from pathlib import Path
 
@@ -137,3 +139,12 @@ def test_model_resolution(tmp_path, monkeypatch):
     assert resolve_model(config.tiers[1]) == str(tmp_path)
     data["tiers"][1]["model"] = "Qwen/Qwen2.5-7B-Instruct"  # a hub id is passed through
     assert resolve_model(parse_config(data).tiers[1]) == "Qwen/Qwen2.5-7B-Instruct"
+
+
+def test_prompt_and_output_tokens_are_priced_apart_and_default_to_cost_per_token(tmp_path):
+    data = yaml.safe_load(TWO_TIERS)
+    data["tiers"][0].update(cost_per_prompt_token=0.25)
+    data["tiers"][1].update(cost_per_output_token=9.0)
+    small, large = load_config(write(tmp_path, yaml.safe_dump(data))).tiers
+    assert small.price(100, 10) == 0.25 * 100 + 1.0 * 10
+    assert large.price(100, 10) == 4.5 * 100 + 9.0 * 10

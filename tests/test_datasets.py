@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from vcascade.calibration.datasets import DatasetError, load_dataset, load_jsonl, split
+from vcascade.calibration.datasets import DatasetError, load_dataset, load_jsonl, split, to_request
 from vcascade.calibration.scoring import is_correct
 
 
@@ -99,3 +99,34 @@ def test_empty_user_dataset(tmp_path):
     path.write_text("\n")
     with pytest.raises(DatasetError, match="no items"):
         load_dataset(str(path))
+
+
+def test_long_form_sets_carry_their_own_instructions_budgets_and_tests():
+    from collections import Counter
+
+    from vcascade.calibration.longform import BUDGETS, GROUPS, SIZES
+
+    items = load_dataset("longform")
+    assert Counter(i.source for i in items) == SIZES and len({i.id for i in items}) == len(items)
+    for item in items:
+        assert item.has_own_instructions and item.max_tokens == BUDGETS[item.source]
+        assert item.group == GROUPS[item.source] and item.kind == ("code" if item.group == "code" else "math")
+        request = to_request(item)
+        assert request.max_tokens == item.max_tokens and request.messages[0]["role"] == "system"
+    mbpp = next(i for i in items if i.source == "mbpp")
+    assert mbpp.answers[0].startswith("assert ") and mbpp.answers[0] in mbpp.messages[1]["content"] + "\n"
+    humaneval = next(i for i in items if i.source == "humaneval")
+    assert "def check(candidate)" in humaneval.answers[0] and "check(" in humaneval.answers[0].splitlines()[-1]
+
+
+def test_mixed_long_is_short_and_long_traffic_together_and_length_groups_split_it():
+    from vcascade.calibration.datasets import group_of
+
+    items = load_dataset("mixed-long")
+    long = [i for i in items if i.max_tokens is not None]
+    assert len(items) == 4000 + len(long) and len(long) == len(load_dataset("longform"))
+    assert {i.id for i in items} >= {i.id for i in load_dataset("mixed", 50)}
+    assert {group_of(i, "length", 32) for i in long} == {"long"}
+    assert {group_of(i, "length", 32) for i in items if i.max_tokens is None} == {"short"}
+    with pytest.raises(DatasetError, match="max_tokens"):
+        group_of(items[0], "length")

@@ -114,3 +114,33 @@ def test_the_readme_table_names_every_reason():
     table = readme[readme.index("### What a guarantee covers"):readme.index("### A guarantee per kind of traffic")]
     for reason in REASONS:
         assert f"`{reason}`" in table, reason
+
+
+def test_budgets_the_calibration_items_asked_for_are_in_scope_and_others_are_not():
+    scope = Scope(system_prompt=SYSTEM, max_tokens=(8, 8), instructions="items", item_max_tokens=(320, 512))
+    c = cascade(scope)
+    own = ({"role": "system", "content": "Reason step by step."}, {"role": "user", "content": "q"})
+    for budget in (None, 8, 320, 512):
+        assert run(c.answer(Request(messages=own, max_tokens=budget))).in_scope, budget
+    assert run(c.answer(Request(prompt="q", max_tokens=300))).out_of_scope == ["max_tokens"]
+    # every calibration item set its own budget: the tiers' configured one was never calibrated
+    only_long = Scope(system_prompt=SYSTEM, max_tokens=(8, 8), item_max_tokens=(320,), tier_budget_calibrated=False)
+    assert run(cascade(only_long).answer(Request(prompt="q"))).out_of_scope == ["max_tokens"]
+    assert run(cascade(only_long).answer(Request(prompt="q", max_tokens=320))).in_scope
+    # what the artifact records is read back unchanged
+    assert Scope.from_artifact({"scope": scope.to_dict(), "tiers": [
+        {"decoding": {"system_prompt": SYSTEM, "sampling": {"max_tokens": 8}}}] * 2}) == scope
+
+
+def test_length_groups_are_a_function_of_the_request_so_no_request_is_group_unknown():
+    policy = Policy((SignalRule("mean_logprob"),), (math.inf,), by_group={"short": ((-5.0,), None),
+                                                                       "long": ((math.inf,), None)},
+                    fallback_group="long", group_by="length")
+    scope = Scope(system_prompt=SYSTEM, max_tokens=(8, 8), groups=("long", "short"), group_by="length",
+                  item_max_tokens=(64,))
+    c = cascade(scope, policy)
+    short = run(c.answer(Request(prompt="hard", group="long")))  # a named group is ignored
+    assert short.group == "short" and short.tier == "small" and short.in_scope
+    long = run(c.answer(Request(prompt="q", max_tokens=64)))
+    assert long.group == "long" and long.tier == "large" and long.in_scope
+    assert run(c.answer(Request(prompt="q", max_tokens=8))).group == "short"  # the tiers' own budget: short

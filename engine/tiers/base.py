@@ -82,7 +82,6 @@ class Tier:
     def __init__(self, config: EngineTierConfig | RemoteTierConfig, backend: Backend):
         self.config = config
         self.name = config.name
-        self.cost_per_token = config.cost_per_token
         self.backend = backend
         self.samples = config.samples
         self.equivalence = get_equivalence(config.samples.equivalence) if config.samples else None
@@ -144,6 +143,7 @@ class Tier:
                 if first_round is not None:
                     first_round.cancel()
         result.seconds = time.perf_counter() - start
+        result.max_tokens = decoding.max_tokens
         yield result
 
     async def generate(self, request: Request) -> TierResult:
