@@ -126,7 +126,8 @@ def standin_policy(config, tiers):
     y = rng.random(len(prompts)) < 550 / 1920  # the default rule's positive share
     made = []
     for answer in (True, False):
-        X = feature_matrix(queries, results if answer else None, request=True, prompt_features="hashed")
+        X = feature_matrix(queries, results if answer else None, request=True, prompt_features="hashed",
+                           long_form=answer)
         model = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.05, max_leaf_nodes=8,
                                                l2_regularization=1.0, random_state=0).fit(X, y)
         spec = {"kind": "learned", "name": ("learned" if answer else "skip") + ":gbt:gain:hashed-standin",

@@ -85,7 +85,7 @@ def _learned_candidates(config, records, items, splits: Splits, tier: int, embed
     samples = config.tiers[tier].samples is not None
     correct = correctness(records, items)
     q = queries(items, embeddings)
-    X = feature_matrix(q, results(records[tier], items), samples=samples)
+    X = feature_matrix(q, results(records[tier], items), samples=samples, long_form=True)
     rules, refused = [], []
     for target in ("correct", "gain"):
         y = target_labels(correct, tier, target)

@@ -72,13 +72,13 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 
 
 def answers_table(questions: Sequence[str], answers: Sequence[Answer], marks: Sequence[str] | None = None,
-                  references: Sequence[str] | None = None) -> str:
-    """One row per question: question, answer, tier that answered, its score (and whether it
-    is right, and the reference)."""
+                  references: Sequence[str] | None = None, shown: Sequence[str] | None = None) -> str:
+    """One row per question: question, answer (or ``shown[i]``, a summary of a long one), tier
+    that answered, its score (and whether it is right, and the reference)."""
     header = ["question", "answer", "tier", "score"] + (["ok"] if marks else []) + (["reference"] if references else [])
     rows = [header]
     for i, (q, a) in enumerate(zip(questions, answers)):
-        row = [_clip(q, 46), _clip(a.text, 28), a.tier, format_score(a.score)]
+        row = [_clip(q, 46), _clip(shown[i] if shown else a.text, 28), a.tier, format_score(a.score)]
         row += [marks[i]] if marks else []
         row += [_clip(references[i], 20)] if references else []
         rows.append(row)

@@ -182,3 +182,49 @@ def test_deferral_metrics_random_oracle_and_a_perfect_rule():
     assert perfect["cost_at_alpha"] < flat["cost_at_alpha"]
     inverted = deferral_metrics(-oracle, correct, costs, 0.05)
     assert inverted["gain_share"] < 0
+
+
+def _long_result(pieces, logprobs, max_tokens=None):
+    result = result_with_logprobs("".join(pieces), logprobs)
+    result.tokens, result.max_tokens = list(pieces), max_tokens
+    return result
+
+
+def test_long_form_features_read_the_final_answer_span_and_the_budget_share():
+    from vcascade.engine.uncertainty.features import LONG_FEATURES
+
+    # a worked solution: confident reasoning, an unsure final answer inside \boxed{}
+    pieces = ["First", " add", " 3", " and", " 4", ".", " So", " \\boxed{", "7", "}"]
+    logprobs = [-0.1, -0.1, -0.2, -0.1, -0.1, -0.1, -0.1, -0.3, -2.5, -0.05]
+    named = dict(zip(LONG_FEATURES, answer_features(_long_result(pieces, logprobs, 40), long_form=True)[
+        len(ANSWER_FEATURES):]))
+    assert named["has_span"] == 1.0 and named["span_first_logprob"] == pytest.approx(-2.5)
+    assert named["span_min_logprob"] == pytest.approx(-2.5) and named["budget_share"] == pytest.approx(10 / 40)
+    # a code reply: the span is the fenced block's body
+    code = ["Here", ":\n", "```", "python", "\n", "def", " f", "():", "\n", "  ", " return", " 1", "\n", "```"]
+    lps = [-1.0, -1.0, -0.5, -0.5, -0.5, -0.01, -0.02, -0.01, -0.01, -0.01, -0.01, -0.4, -0.01, -0.3]
+    named = dict(zip(LONG_FEATURES, answer_features(_long_result(code, lps), long_form=True)[len(ANSWER_FEATURES):]))
+    assert named["has_span"] == 1.0 and named["span_first_logprob"] == pytest.approx(-0.01)
+    assert named["span_min_logprob"] == pytest.approx(-0.4) and named["budget_share"] == 0.0  # budget unknown
+    # no span: the flag is off and the features stay finite
+    plain = answer_features(_long_result(["Paris"], [-0.2]), long_form=True)
+    assert dict(zip(LONG_FEATURES, plain[len(ANSWER_FEATURES):]))["has_span"] == 0.0 and np.isfinite(plain).all()
+
+
+def test_a_rule_without_long_form_in_its_spec_keeps_the_features_it_was_trained_on():
+    from sklearn.linear_model import LogisticRegression
+
+    from vcascade.engine.uncertainty.features import LONG_FEATURES, feature_matrix
+    from vcascade.engine.uncertainty.learned import LearnedRule, freeze_estimator, library_versions
+
+    queries = [Query(Request(prompt=p)) for p in ("a b", "c d e", "f", "g h")]
+    results = [result_with_logprobs("x", [-0.1 * (i + 1), -0.2]) for i in range(4)]
+    old = feature_matrix(queries, results, prompt_features="hashed")
+    assert feature_matrix(queries, results, prompt_features="hashed", long_form=True).shape[1] == \
+        old.shape[1] + len(LONG_FEATURES)
+    model = LogisticRegression().fit(old, [True, False, True, False])
+    spec = {"kind": "learned", "name": "old", "target": "gain", "model": "logistic",
+            "features": {k: v for k, v in feature_spec(True, False, True, "hashed").items() if k != "long_form"},
+            "estimator": freeze_estimator(model), "versions": library_versions()}
+    assert LearnedRule(spec, model).score_many(queries, results).shape == (4,)  # trained without: scored without
+    assert feature_spec(False, False, True, "hashed")["long_form"] is False  # a skip rule sees no answer

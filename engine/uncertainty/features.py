@@ -9,6 +9,14 @@ chosen-token logprobs and top-k alternatives:
 * probability margins (mean, min), logprob margin mean, top-k entropy (mean, max)
 * answer length log(1 + T), finish reason (stopped / cut at max_tokens), empty answer
 * when the tier samples: greedy agreement, discrete and weighted semantic entropy, clusters
+* long-form (rules whose spec sets ``long_form``; every rule trained since the long-form
+  workloads): the answer's length as a share of its budget (``TierResult.max_tokens``), and
+  the logprob features of the *final-answer span* — the main fenced code block
+  (``answers.code_block_span``), else the final answer of a worked solution (the last
+  ``\boxed{}`` or "Answer:", ``math_answers.final_answer_span``): whether there is one,
+  its mean / min / first chosen-token logprob, its length, its mean top-k entropy; and the
+  mean logprob of the answer's last 16 tokens. A 300-token answer's overall mean hides
+  the few tokens that decide it; the span features read them.
 
 Request features, one of two ``prompt_features`` options (recorded in the rule's feature
 spec), each with log(1 + words in the prompt); a pre-generation (skip) rule sees the
@@ -48,6 +56,9 @@ ANSWER_FEATURES = (
     "mean_margin", "min_margin", "mean_logprob_margin", "mean_entropy", "max_entropy",
     "log_length", "stopped", "cut_at_max_tokens", "empty",
 )
+LONG_FEATURES = ("budget_share", "has_span", "span_mean_logprob", "span_min_logprob", "span_first_logprob",
+                 "span_log_length", "span_mean_entropy", "tail_mean_logprob")
+TAIL_TOKENS = 16
 SAMPLE_FEATURES = ("greedy_agreement", "discrete_se", "weighted_se", "num_clusters")
 REQUEST_FEATURES = (*(f"embedding_{i}" for i in range(DIMENSIONS)), "log_prompt_words")
 PROMPT_FEATURES = ("minilm", "hashed")
@@ -82,8 +93,41 @@ def _position_stats(position: Sequence[tuple]) -> tuple[float, float, float]:
     return float(np.exp(values[0]) - np.exp(second)), float(values[0] - second if values.size > 1 else 0.0), entropy
 
 
-def answer_features(result: TierResult, with_samples: bool = False) -> np.ndarray:
-    """Shape (len(ANSWER_FEATURES) [+ len(SAMPLE_FEATURES)],) for one answer."""
+def final_span_tokens(result: TierResult) -> tuple[int, int] | None:
+    """Token index range ``[i, j)`` of the answer's final-answer span (see the module
+    docstring), from the character offsets of its decoded tokens; ``None`` without a span
+    or without token texts."""
+    from .answers import code_block_span
+    from .math_answers import final_answer_span
+
+    text = result.text
+    span = code_block_span(text) or final_answer_span(text)
+    if span is None or not result.tokens:
+        return None
+    ends = np.cumsum([len(t) for t in result.tokens])
+    first = int(np.searchsorted(ends, span[0], side="right"))
+    last = int(np.searchsorted(ends, max(span[1] - 1, span[0]), side="right")) + 1
+    last = min(last, len(result.token_logprobs))
+    return (first, last) if first < last else None
+
+
+def long_form_features(result: TierResult, lp: np.ndarray, entropies: np.ndarray) -> list[float]:
+    """The ``LONG_FEATURES`` row of one answer (``lp``: chosen-token logprobs, shape (T,);
+    ``entropies``: top-k entropy per position, shape (T,))."""
+    budget = result.max_tokens or 0
+    share = min(result.completion_tokens / budget, 1.0) if budget else 0.0
+    tail = float(lp[-TAIL_TOKENS:].mean()) if lp.size else EMPTY_LOGPROB
+    span = final_span_tokens(result) if lp.size else None
+    if span is None:
+        return [share, 0.0, EMPTY_LOGPROB, EMPTY_LOGPROB, EMPTY_LOGPROB, 0.0, 0.0, tail]
+    seg = lp[span[0] : span[1]]
+    ent = entropies[span[0] : span[1]] if entropies.size >= span[1] else np.zeros(1)
+    return [share, 1.0, float(seg.mean()), float(seg.min()), float(seg[0]), float(np.log1p(seg.size)),
+            float(ent.mean()), tail]
+
+
+def answer_features(result: TierResult, with_samples: bool = False, long_form: bool = False) -> np.ndarray:
+    """Shape (len(ANSWER_FEATURES) [+ len(LONG_FEATURES)] [+ len(SAMPLE_FEATURES)],) for one answer."""
     lp = np.asarray(result.token_logprobs, dtype=np.float64)
     empty = lp.size == 0
     if empty:
@@ -97,6 +141,8 @@ def answer_features(result: TierResult, with_samples: bool = False) -> np.ndarra
         np.log1p(len(result.token_logprobs)), float(result.finish_reason == "stop"),
         float(result.finish_reason == "length"), float(empty),
     ]
+    if long_form:
+        row += long_form_features(result, np.asarray(result.token_logprobs, dtype=np.float64), entropies)
     if with_samples:
         row += [greedy_agreement(result), discrete_se(result), weighted_se(result), num_clusters(result)]
     return np.asarray(row, dtype=np.float64)
@@ -130,33 +176,39 @@ def request_features(queries: Sequence[Query], prompt_features: str = "minilm") 
     return np.hstack([np.stack([q.embedding for q in queries]).astype(np.float64), words])
 
 
-def feature_names(answer: bool, samples: bool, request: bool, prompt_features: str = "minilm") -> list[str]:
+def feature_names(answer: bool, samples: bool, request: bool, prompt_features: str = "minilm",
+                  long_form: bool = False) -> list[str]:
     names = list(ANSWER_FEATURES) if answer else []
+    names += list(LONG_FEATURES) if answer and long_form else []
     names += list(SAMPLE_FEATURES) if samples else []
     request_names = HASHED_REQUEST_FEATURES if prompt_features == "hashed" else REQUEST_FEATURES
     return names + (list(request_names) if request else [])
 
 
 def feature_matrix(queries: Sequence[Query], results: Sequence[TierResult] | None, samples: bool = False,
-                   request: bool = True, prompt_features: str | None = None) -> np.ndarray:
+                   request: bool = True, prompt_features: str | None = None, long_form: bool = False) -> np.ndarray:
     """Rows of [answer features (when ``results`` given), request features (when ``request``)],
     shape (n, F) in the order of ``feature_names``; ``prompt_features`` defaults to
     ``default_prompt_features()`` (what a calibration trains with)."""
     parts = []
     if results is not None:
-        parts.append(np.stack([answer_features(r, samples) for r in results]))
+        parts.append(np.stack([answer_features(r, samples, long_form) for r in results]))
     if request:
         parts.append(request_features(queries, prompt_features or default_prompt_features()))
     return np.hstack(parts)
 
 
-def feature_spec(answer: bool, samples: bool, request: bool, prompt_features: str | None = None) -> dict:
+def feature_spec(answer: bool, samples: bool, request: bool, prompt_features: str | None = None,
+                 long_form: bool = True) -> dict:
     """The JSON description of a feature set, stored with a learned rule (a spec without
-    ``prompt_features`` — every rule made before the option — means ``minilm``)."""
+    ``prompt_features`` — every rule made before the option — means ``minilm``; one without
+    ``long_form`` — every rule made before the long-form features — means none)."""
     prompt_features = prompt_features or default_prompt_features()
+    long_form = long_form and answer
     spec = {"version": FEATURE_VERSION, "answer": answer, "samples": samples, "request": request,
             "embedding_model": EMBEDDING_MODEL if request and prompt_features == "minilm" else None,
-            "count": len(feature_names(answer, samples, request, prompt_features))}
+            "long_form": long_form,
+            "count": len(feature_names(answer, samples, request, prompt_features, long_form))}
     if request:
         spec["prompt_features"] = prompt_features
         if prompt_features == "hashed":

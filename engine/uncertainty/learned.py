@@ -161,7 +161,7 @@ class LearnedRule(_Learned):
 
     def score_many(self, queries: Sequence[Query], results: Sequence[TierResult]) -> np.ndarray:
         X = feature_matrix(queries, results, samples=self.needs_samples, request=self.features["request"],
-                           prompt_features=self.prompt_features)
+                           prompt_features=self.prompt_features, long_form=bool(self.features.get("long_form")))
         return self._score(X)
 
 
