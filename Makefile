@@ -12,7 +12,7 @@ PORT ?= 8000
 
 # The embedded default cascade's calibration: the artifact ships inside the package.
 ARTIFACT ?= engine/default_cascade.artifact.json
-REPORT ?= results/calibration/default_mixed
+REPORT ?= results/calibration/default_mixed_long
 
 .PHONY: setup install models demo test serve calibrate bench bench-deferral bench-serve bench-controller bench-dtype bench-monitor clean
 
@@ -51,25 +51,31 @@ test: setup
 serve: setup
 	$(VCASCADE) serve --host $(HOST) --port $(PORT)
 
-# Calibrate the default cascade on 4800 items of the mixed workload (equal shares of the
-# built-in sets): learned rules trained, one chosen, thresholds fitted with quality loss
-# <= 5 % vs always-1.5B at δ = 0.1; then evaluate on the 3200 held-out items.
-# Generations are cached per item: a rerun resumes.
+# Calibrate the default cascade on 2900 items of mixed-long (short-answer sets + worked
+# reasoning and code, each long item with its own instructions and max_tokens): learned
+# rules trained, one chosen, thresholds fitted per answer-length group (short / long) with
+# quality loss <= 5 % vs always-1.5B, both groups at once with probability >= 0.9; then
+# evaluate on the 1914 held-out items. Generations and code verdicts are cached: a rerun resumes.
 calibrate: setup
-	$(VCASCADE) calibrate --dataset mixed --n 4800 --target quality-loss --alpha 0.05 --delta 0.1 \
-		--batch-size 128 --out $(ARTIFACT) --report $(REPORT)
-	$(VCASCADE) evaluate --artifact $(ARTIFACT) --split test --batch-size 128 --json $(REPORT)-test.json
+	$(VCASCADE) calibrate --dataset mixed-long --n 2900 --target quality-loss --alpha 0.05 --delta 0.1 \
+		--group-by length --delta-split bonferroni --batch-size 96 --out $(ARTIFACT) --report $(REPORT)
+	$(VCASCADE) evaluate --artifact $(ARTIFACT) --split test --batch-size 96 --json $(REPORT)-test.json
 
 bench: bench-deferral
 
 # Every deferral rule against random and the oracle, per dataset and on the mixed workload.
 bench-deferral: setup
 	$(PY) benchmarks/deferral.py --out results/deferral
+	$(PY) benchmarks/deferral.py --dataset mixed-long --n-calibration 2900 --timing-from results/deferral/summary.json \
+		--out results/deferral-long
 	$(PY) benchmarks/readme_results.py
 
-# vcascade serve vs vllm serve of each tier, driven by vllm bench serve.
+# vcascade serve vs vllm serve of each tier, driven by vllm bench serve: short answers, then
+# held-out long-form requests (worked reasoning and code, each with its own system turn and max_tokens).
 bench-serve: setup
 	$(PY) benchmarks/serve_load.py --out results/serving
+	$(PY) benchmarks/serve_load.py --dataset longform --num-prompts 16 --rates 0.1 --max-concurrency 8 \
+		--out results/serving-long
 	$(PY) benchmarks/readme_results.py
 
 # vcascade's own work per request (HTTP, rendering, policy, response) over instant tiers:

@@ -36,7 +36,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from vcascade.calibration.conformal import CalibrationData, fit_thresholds, routing
-from vcascade.calibration.datasets import SOURCES, load_dataset, split, to_request
+from vcascade.calibration.datasets import load_dataset, split, to_request
 from vcascade.calibration.embeddings import prompt_embeddings
 from vcascade.calibration.job import calibration_data, collect, correctness, rule_scores, token_costs
 from vcascade.calibration.metrics import deferral_curve, deferral_metrics, oracle_scores
@@ -63,7 +63,7 @@ def timing_pass(config, held_out, per_source: int, batch: int) -> dict:
     ``per_source`` held-out items of every source, each tier alone on all cores."""
     from vcascade.engine.tiers import build_tiers, shutdown_tiers
 
-    sample = {s: [it for it in held_out if it.source == s][:per_source] for s in SOURCES}
+    sample = {s: [it for it in held_out if it.source == s][:per_source] for s in dict.fromkeys(it.source for it in held_out)}
     models = {}
     for tier_config in config.tiers:
         [tier] = run(build_tiers(config, only=[tier_config.name], warmup_batch=batch))
@@ -111,9 +111,14 @@ def operating_point(scores, threshold, correct, costs) -> dict:
 
 def evaluate_fit(data: CalibrationData, fit, correct, tok, sec) -> dict:
     tier, skipped = routing(data, fit.config)
-    answered = correct[np.arange(len(tier)), tier]
     paid = (np.arange(correct.shape[1])[None, :] <= tier[:, None])
     paid[:, 0] &= ~skipped
+    return operating_figures(tier, skipped, paid, correct, tok, sec)
+
+
+def operating_figures(tier, skipped, paid, correct, tok, sec) -> dict:
+    """Loss, accuracy, escalation, skips and cost (tokens × price, engine seconds) of a routing."""
+    answered = correct[np.arange(len(tier)), tier]
     return {"quality_loss": float((~answered & correct[:, -1]).mean()), "accuracy": float(answered.mean()),
             "escalated": float((tier > 0).mean()), "skipped": float(skipped.mean()),
             "cost_tokens": float((tok * paid).sum() / tok[:, -1].sum()),
@@ -138,6 +143,8 @@ def main(argv=None) -> int:
     p.add_argument("--delta", type=float, default=0.1)
     p.add_argument("--timing-items", type=int, default=48, help="held-out items per source in the timing pass")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--timing-from", help="reuse the engine-seconds model of an earlier run's summary.json (same "
+                                          "machine kind) instead of a timing pass")
     p.add_argument("--out", default="results/deferral")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -149,8 +156,12 @@ def main(argv=None) -> int:
     embeddings = prompt_embeddings(items)
     correct = correctness(records, items)
     tok = token_costs(config, records, items)
-    print("timing pass (each tier alone, all cores)", file=sys.stderr)
-    timing = timing_pass(config, held, args.timing_items, args.timing_items)
+    if args.timing_from:
+        timing = json.loads(Path(args.timing_from).read_text())["timing"]
+        timing = {name: {**m, "from": args.timing_from} for name, m in timing.items()}
+    else:
+        print("timing pass (each tier alone, all cores)", file=sys.stderr)
+        timing = timing_pass(config, held, args.timing_items, args.timing_items)
     sec = seconds_costs(config, records, items, timing)
     splits = three_way_split(len(cal), args.seed)
     held_idx = np.arange(len(cal), len(items))
@@ -168,9 +179,14 @@ def main(argv=None) -> int:
     # defers by that dataset's gain rate on the train split (what routing by task type can do).
     sources = np.array([item.source for item in items])
     gain = correct[:, -1] & ~correct[:, 0]
-    rate = {s: float(gain[splits.train][sources[splits.train] == s].mean()) for s in SOURCES}
+    names = list(dict.fromkeys(item.source for item in items))
+    rate = {s: float(gain[splits.train][sources[splits.train] == s].mean()) for s in names
+            if (sources[splits.train] == s).any()}
     source_rate = -np.array([rate.get(s, 0.0) for s in sources])
-    groups = {"mixed": held_idx, **{s: held_idx[[items[i].source == s for i in held_idx]] for s in SOURCES}}
+    groups = {"mixed": held_idx, **{s: held_idx[[items[i].source == s for i in held_idx]] for s in names}}
+    long_form = held_idx[[items[i].max_tokens is not None for i in held_idx]]  # items with their own budget
+    if 0 < len(long_form) < len(held_idx):
+        groups["long-form"] = long_form
     table = {}
     for group, idx in groups.items():
         pair, c_tok, c_sec = correct[idx][:, [0, -1]], tok[idx][:, [0, -1]], sec[idx][:, [0, -1]]
@@ -201,7 +217,21 @@ def main(argv=None) -> int:
                                                                                  figures["quality_loss"])
         figures.update(rule=rule.name, skip=skip.name if skip else None, thresholds=fit.thresholds,
                        skip_threshold=fit.skip_threshold, guarantee=fit.guarantee["statement"])
+        figures["groups"] = {}
+        for group, idx in groups.items():  # the same thresholds, read on each set's held-out items
+            if group == "mixed":
+                continue
+            part = evaluate_fit(data_for(idx), fit, correct[idx], tok[idx], sec[idx])
+            part["oracle_cost_seconds_at_same_quality_loss"] = oracle_cost_at(correct[idx], sec[idx],
+                                                                              part["quality_loss"])
+            part.update(n=int(len(idx)), small_accuracy=float(correct[idx, 0].mean()),
+                        large_accuracy=float(correct[idx, -1].mean()))
+            figures["groups"][group] = part
         cascades[label] = figures
+
+    if artifact and artifact["policy"].get("groups"):
+        cascades["artifact as deployed (its own per-group thresholds)"] = deployed(
+            config, records, items, held_idx, groups, artifact_policy, embeddings, correct, tok, sec)
 
     summary = {"dataset": args.dataset, "n_calibration": len(cal), "n_held_out": len(held), "splits": splits.sizes(),
                "alpha": args.alpha, "delta": args.delta, "chosen_rule": chosen, "timing": timing, "table": table,
@@ -214,11 +244,42 @@ def main(argv=None) -> int:
     return 0
 
 
+def deployed(config, records, items, held_idx, groups, policy, embeddings, correct, tok, sec) -> dict:
+    """The committed per-group policy with its own thresholds on the held-out items, overall
+    and per set (each item routed by its own group's thresholds, as the server routes it)."""
+    from vcascade.calibration.datasets import group_of
+    from vcascade.calibration.evaluation import policy_config, route_items
+
+    budget = config.tiers[0].sampling.max_tokens
+    group_by = policy.group_by or "group"
+    labels = np.array([group_of(item, group_by, budget) for item in items])
+    configs = {g: policy_config(policy, g) for g in np.unique(labels)}
+
+    def figures(idx):
+        data = calibration_data(config, records, [items[i] for i in idx], list(policy.rules), policy.skip,
+                                embeddings[idx], tok[idx])
+        tier, skipped, paid = route_items(data, configs, labels[idx])
+        out = operating_figures(tier, skipped, paid, correct[idx], tok[idx], sec[idx])
+        for unit, costs in (("tokens", tok), ("seconds", sec)):
+            out[f"oracle_cost_{unit}_at_same_quality_loss"] = oracle_cost_at(correct[idx], costs[idx],
+                                                                             out["quality_loss"])
+        out.update(n=int(len(idx)), small_accuracy=float(correct[idx, 0].mean()),
+                   large_accuracy=float(correct[idx, -1].mean()))
+        return out
+
+    result = figures(held_idx)
+    result.update(rule=policy.rules[0].name, skip=policy.skip.name if policy.skip else None,
+                  thresholds={g: c for g, c in configs.items()}, skip_threshold=None, guarantee="per group",
+                  groups={g: figures(idx) for g, idx in groups.items() if g != "mixed"})
+    return result
+
+
 def _policies(artifact):
     """(label, rule name, use the artifact's skip) for every calibrated cascade to compare."""
     out = []
     if artifact:
-        out.append(("artifact policy", artifact["policy"]["rules"][0]["name"], bool(artifact["policy"]["skip"])))
+        label = "artifact rule, refitted for the mix" if artifact["policy"].get("groups") else "artifact policy"
+        out.append((label, artifact["policy"]["rules"][0]["name"], bool(artifact["policy"]["skip"])))
         if artifact["policy"]["skip"]:
             out.append(("artifact rule without skip", artifact["policy"]["rules"][0]["name"], False))
     out.append(("previous default (min_logprob)", "min_logprob", False))
@@ -296,7 +357,23 @@ def render(summary: dict) -> str:
                      f"{_f(c['skipped'], pct=True)} | {_f(c['cost_tokens'])} | {_f(c['cost_seconds'])} | "
                      f"{_f(c['oracle_cost_tokens_at_same_quality_loss'])} / "
                      f"{_f(c['oracle_cost_seconds_at_same_quality_loss'])} |")
-    lines += ["", "## Engine-seconds model (timing pass, each tier alone on all cores)", "",
+    for label, c in summary["calibrated"].items():
+        if not c.get("groups"):
+            continue
+        lines += ["", f"### {label}: per set (the same thresholds, held-out items of each set)", "",
+                  "| set | n | small acc | large acc | cascade acc | quality loss | escalated | skipped | "
+                  "cost (tokens) | cost (seconds) | oracle cost at same loss (seconds) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for group, g in c["groups"].items():
+            mark = " ⚠" if g["quality_loss"] > alpha else ""
+            lines.append(f"| {group} | {g['n']} | {_f(g['small_accuracy'])} | {_f(g['large_accuracy'])} | "
+                         f"{_f(g['accuracy'])} | {_f(g['quality_loss'], 3)}{mark} | {_f(g['escalated'], pct=True)} | "
+                         f"{_f(g['skipped'], pct=True)} | {_f(g['cost_tokens'])} | {_f(g['cost_seconds'])} | "
+                         f"{_f(g['oracle_cost_seconds_at_same_quality_loss'])} |")
+        lines.append(f"\n⚠: above α on that set — the guarantee covers the mix, not each set "
+                     "(`vcascade calibrate --group-by` fits each set its own thresholds).")
+    timing_note = " (reused from an earlier run)" if any("from" in m for m in summary["timing"].values()) else ""
+    lines += ["", f"## Engine-seconds model (timing pass, each tier alone on all cores){timing_note}", "",
               "| tier | s per item | s per prompt token | s per output token | R² |", "|---|---|---|---|---|"]
     for name, m in summary["timing"].items():
         lines.append(f"| {name} | {m['per_item']:.4f} | {m['per_prompt_token']:.6f} | {m['per_output_token']:.5f} | "

@@ -1,6 +1,9 @@
 """Write the README's Results section from the committed result files.
 
-Reads ``results/calibration/default_mixed-test.json`` (``make calibrate``), the default
+Reads ``results/calibration/default_mixed_long-test.json`` (``make calibrate``; the
+short-answer ``default_mixed-test.json`` of earlier defaults when absent),
+``results/deferral-long/summary.json`` and ``results/serving-long/summary.json`` (the long-form
+runs of ``make bench-deferral`` / ``make bench-serve``), the default
 artifact's price of the guarantee, ``results/deferral/summary.json`` (``make
 bench-deferral``), ``results/serving/summary.json`` (``make bench-serve``) and
 ``results/remote/summary.json`` (``benchmarks/remote_parity.py``), ``results/controller/summary.json``
@@ -200,9 +203,66 @@ def dtype_section(summary: dict) -> list[str]:
     return lines
 
 
+LONG_SETS = ("gsm8k_cot", "math500", "mbpp", "humaneval", "long-form")
+
+
+def long_form_section(deferral: dict, serving: dict | None) -> list[str]:
+    """The default on held-out long-form items, per set: accuracy, loss, escalation, cost in
+    tokens and engine seconds next to the oracle; deferral rules on the long-form items; the
+    long-form serving run."""
+    deployed = next((c for label, c in deferral["calibrated"].items() if label.startswith("artifact as deployed")),
+                    None)
+    alpha = deferral["alpha"]
+    lines = [f"**Long-form requests** (worked reasoning and code, each item with its own system turn and "
+             f"`max_tokens`; held-out items of `{deferral['dataset']}`, the default's own per-length-group "
+             f"thresholds; cost relative to always-large, in tokens × price and in engine seconds; quality loss "
+             f"must stay ≤ α = {alpha} per group):", "",
+             "| set | n | accuracy small / large / cascade | quality loss | escalated | skipped | cost (tokens) | "
+             "cost (engine s) | oracle at the same loss (engine s) |", "|---|---|---|---|---|---|---|---|---|"]
+    if deployed:
+        rows = [(g, deployed["groups"][g]) for g in LONG_SETS if g in deployed["groups"]]
+        rows += [(g, deployed["groups"][g]) for g in deployed["groups"] if g not in LONG_SETS and g != "long-form"]
+        rows.append(("all held-out (short + long)", deployed))
+        for name, g in rows:
+            bold = "**" if name == "long-form" else ""
+            lines.append(f"| {bold}{name}{bold} | {g['n']} | {g['small_accuracy']:.2f} / {g['large_accuracy']:.2f} / "
+                         f"{g['accuracy']:.2f} | {g['quality_loss']:.3f} | {_pct(g['escalated'])} | "
+                         f"{_pct(g['skipped'])} | {g['cost_tokens']:.2f} | {g['cost_seconds']:.2f} | "
+                         f"{g['oracle_cost_seconds_at_same_quality_loss']:.2f} |")
+    table = deferral["table"].get("long-form")
+    if table:
+        rules = table["rules"]
+        chosen = deferral["chosen_rule"]
+        best_signal = max(filter(is_single_signal, rules), key=lambda name: rules[name]["gain_share"])
+        lines += ["", f"Deferral rules on the {table['n']} held-out long-form items (share of the oracle's gain over "
+                  "random deferral; cost at quality loss ≤ α):", "",
+                  "| rule | gain share | APGR | cost @α (tokens) | cost @α (engine s) |", "|---|---|---|---|---|"]
+        for name, note in ((chosen, " (the default's)"), (best_signal, " (best single signal)"), ("oracle", ""),
+                           ("random", "")):
+            row = rules[name]
+            lines.append(f"| `{name}`{note} | {row['gain_share']:.2f} | {row['apgr']:.2f} | {row['cost_at_alpha']:.2f} "
+                         f"| {row['cost_at_alpha_seconds']:.2f} |")
+    if serving:
+        lines += ["", f"Serving the long-form requests (`make bench-serve`, {serving['created']}; "
+                  f"{serving['num_prompts']} held-out long-form prompts per run, each with its own `max_tokens`):", "",
+                  "| load | vs | req/s | TTFT p50 | TTFT p99 | E2E p50 | E2E p99 | accuracy of the cascade / that tier |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for run in serving["runs"]:
+            for other in ("always-large", "always-small"):
+                ratio = serving["ratios"][run][f"vs {other}"]
+                lines.append(f"| {run} | {other} | {ratio['request_throughput']:.2f} | {ratio['median_ttft_ms']:.2f} | "
+                             f"{ratio['p99_ttft_ms']:.2f} | {ratio['median_e2el_ms']:.2f} | {ratio['p99_e2el_ms']:.2f} | "
+                             f"{serving['results']['cascade'][run]['accuracy']:.2f} / "
+                             f"{serving['results'][other][run]['accuracy']:.2f} |")
+        lines += ["", "Ratios cascade / that system; full figures in "
+                  "[results/serving-long/summary.md](results/serving-long/summary.md)."]
+    return lines
+
+
 def render(root: Path = ROOT) -> str:
     """The Results section's markdown."""
-    test = _load(root / "results/calibration/default_mixed-test.json")
+    test = _load(root / "results/calibration/default_mixed_long-test.json") or \
+        _load(root / "results/calibration/default_mixed-test.json")
     artifact = _load(root / "engine/default_cascade.artifact.json")
     deferral = _load(root / "results/deferral/summary.json")
     serving = _load(root / "results/serving/summary.json")
@@ -210,8 +270,11 @@ def render(root: Path = ROOT) -> str:
     controller = _load(root / "results/controller/summary.json")
     dtype = _load(root / "results/dtype/summary.json")
     groups = _load(root / "results/groups/summary.json")
+    deferral_long = _load(root / "results/deferral-long/summary.json")
+    serving_long = _load(root / "results/serving-long/summary.json")
     parts = [
         calibrated_section(test, artifact) if test and artifact else _missing("make calibrate"),
+        long_form_section(deferral_long, serving_long) if deferral_long else _missing("make bench-deferral"),
         deferral_section(deferral) if deferral else _missing("make bench-deferral"),
         serving_section(serving) if serving else _missing("make bench-serve"),
         groups_section(groups) if groups else _missing("python benchmarks/groups.py"),

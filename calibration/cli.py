@@ -253,13 +253,19 @@ def cmd_evaluate(args) -> int:
     labels = [group_of(item, group_by or "group", config.tiers[0].sampling.max_tokens) for item in items]
     figures = evaluate_policy(data, policy, artifact["target"], [t.name for t in config.tiers],
                               labels if group_by else None)
-    figures["groups"] = group_table(data, labels, figures.pop("configs"), artifact["target"])
+    configs = figures.pop("configs")
+    figures["groups"] = group_table(data, labels, configs, artifact["target"])
+    if group_by and group_by != "source":  # what each source got from the groups' thresholds
+        figures["sources"] = breakdown(data, [item.source for item in items], labels, configs, artifact["target"])
     figures.update(dataset=dataset, split=args.split, alpha=artifact["alpha"], delta=artifact["delta"],
                    guarantee=guarantee_statement(artifact), artifact=str(args.artifact), group_by=group_by)
     print(format_evaluation(figures, artifact["alpha"]))
     print(("per group (calibrated per group):" if group_by else
            "per source (one policy for the mix; no per-group guarantee):"))
     print(format_groups(figures["groups"], artifact["alpha"]))
+    if "sources" in figures:
+        print("per source (a figure: the guarantee is per group):")
+        print(format_groups(figures["sources"], artifact["alpha"]))
     if args.json:
         _write_json(Path(args.json), figures)
     return 0

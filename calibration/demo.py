@@ -15,21 +15,26 @@ from vcascade.engine.cli import add_cascade_options, open_cascade
 from vcascade.engine.config import load_config
 from vcascade.engine.report import answers_table, table
 from vcascade.engine.runtime import run
+from vcascade.engine.uncertainty.answers import code_block_span
+from vcascade.engine.uncertainty.math_answers import final_answer
 
+from .correctness import score_answers
 from .datasets import load_dataset, split, to_request
-from .scoring import is_correct
 
 PER_SOURCE = 3
+LONG_PER_SOURCE = 1
+"""Long-form items (worked reasoning, code: hundreds of tokens each) per long-form source."""
 FALLBACK = {"name": "mixed", "n_calibration": 4800, "seed": 0}
 
 
-def demo_items(artifact: dict | None, per_source: int = PER_SOURCE):
-    """``per_source`` held-out items of each source of the artifact's dataset."""
+def demo_items(artifact: dict | None, per_source: int = PER_SOURCE, long_per_source: int = LONG_PER_SOURCE):
+    """``per_source`` held-out items of each short-answer source of the artifact's dataset
+    and ``long_per_source`` of each long-form one (items with their own answer budget)."""
     meta = artifact["dataset"] if artifact else FALLBACK
     _, held_out = split(load_dataset(meta["name"]), meta["n_calibration"], meta["seed"])
     chosen, counts = [], {}
     for item in held_out:
-        if counts.get(item.source, 0) < per_source:
+        if counts.get(item.source, 0) < (per_source if item.max_tokens is None else long_per_source):
             counts[item.source] = counts.get(item.source, 0) + 1
             chosen.append(item)
     return chosen
@@ -48,6 +53,26 @@ def _cost(cascade, answers) -> float:
     return sum(tiers[s.tier].price(s.prompt_tokens, s.completion_tokens) for a in answers for s in a.trace)
 
 
+def _shown(answer, item) -> str:
+    """A long answer by what decides it: a solution's final answer, a program's first line."""
+    if item.max_tokens is None or answer.result is None:
+        return answer.text
+    tokens = f" ({answer.result.completion_tokens} tok)"
+    if item.kind == "code":
+        span = code_block_span(answer.text)
+        code = answer.text[span[0]:span[1]] if span else answer.text
+        return next((line.strip() for line in code.splitlines() if line.strip().startswith("def ")),
+                    code.strip()[:40]) + tokens
+    final = final_answer(answer.text)
+    return ("… " + final if final is not None else "no final answer") + tokens
+
+
+def _reference(item) -> str:
+    if item.kind == "code":
+        return f"runs {sum(line.strip().startswith('assert') for line in item.answers[0].splitlines())} asserts"
+    return item.answers[0]
+
+
 def cmd_demo(args) -> int:
     config = load_config(args.config).with_artifact(args.artifact)
     artifact = read_artifact(config.artifact) if config.artifact else None
@@ -62,14 +87,17 @@ def cmd_demo(args) -> int:
     for k, tier in enumerate(cascade.tiers):
         runs[f"{tier.name} alone"] = _run(cascade, requests, k, k)
     answers = runs["cascade"][0]
-    marks = ["✓" if is_correct(a.text, it.answers, it.kind, it.options) else "✗" for a, it in zip(answers, items)]
-    print(f"\n{len(items)} held-out questions ({PER_SOURCE} per source), never seen by the calibration:\n")
+    marks = ["✓" if right else "✗" for right in score_answers([a.text for a in answers], items)]
+    long = sum(it.max_tokens is not None for it in items)
+    print(f"\n{len(items)} held-out questions ({PER_SOURCE} per short-answer source"
+          + (f", {long} worked-reasoning and code requests with their own instructions and budgets" if long else "")
+          + "), never seen by the calibration:\n")
     print(answers_table([it.prompt or it.messages[-1]["content"] for it in items], answers, marks,
-                        [it.answers[0] for it in items]))
+                        [_reference(it) for it in items], [_shown(a, it) for a, it in zip(answers, items)]))
     largest = _cost(cascade, runs[f"{cascade.tiers[-1].name} alone"][0])
     rows = [["", "accuracy", "answered past tier 0", "cost vs largest (tokens)", "wall s", "engine busy s"]]
     for label, (result, wall, busy) in runs.items():
-        right = sum(is_correct(a.text, it.answers, it.kind, it.options) for a, it in zip(result, items))
+        right = sum(score_answers([a.text for a in result], items))
         escalated = sum(a.escalated for a in result) if label == "cascade" else 0
         rows.append([label, f"{right}/{len(items)}", f"{escalated / len(items):.0%}" if label == "cascade" else "-",
                      f"{_cost(cascade, result) / largest:.2f}", f"{wall:.1f}", f"{busy:.1f}"])

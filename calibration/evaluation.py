@@ -24,8 +24,8 @@ def policy_config(policy: Policy, group: str | None = None) -> list[float]:
     return list(chosen.thresholds) + ([] if chosen.skip_threshold is None else [chosen.skip_threshold])
 
 
-def _per_item(data: CalibrationData, configs: dict[str, list[float]], labels: np.ndarray):
-    """(tier, skipped, losses by target, paid) with each item routed by its label's config."""
+def route_items(data: CalibrationData, configs: dict[str, list[float]], labels: np.ndarray):
+    """``(tier (n,), skipped (n,), paid (n, K))`` with each item routed by its label's configuration."""
     tier = np.empty(data.n, dtype=np.int64)
     skipped = np.empty(data.n, dtype=bool)
     pays = np.empty(data.costs.shape, dtype=bool)
@@ -38,7 +38,7 @@ def _per_item(data: CalibrationData, configs: dict[str, list[float]], labels: np
 
 
 def _figures(data: CalibrationData, configs: dict[str, list[float]], labels: np.ndarray, target: str) -> dict:
-    tier, skipped, pays = _per_item(data, configs, labels)
+    tier, skipped, pays = route_items(data, configs, labels)
     losses = {t: np.zeros(data.n, dtype=bool) for t in (target, "quality-loss")}
     at_risk = np.zeros(data.n, dtype=bool)
     for label, config in configs.items():
@@ -111,6 +111,21 @@ def group_table(data: CalibrationData, groups: Sequence[str], policy, target: st
     return out
 
 
+def breakdown(data: CalibrationData, labels: Sequence[str], groups: Sequence[str],
+              configs: dict[str, list[float]], target: str) -> dict[str, dict]:
+    """``group_table``'s figures per ``labels`` (e.g. each item's source) while every item is
+    routed by the configuration of its own policy group (``groups``, shape (n,)): what each
+    source got from a per-group policy whose groups cut across sources."""
+    labels, groups = np.asarray(labels).astype(str), np.asarray(groups).astype(str)
+    out = {}
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        row = _figures(data.subset(idx), {g: configs[g] for g in np.unique(groups[idx])}, groups[idx], target)
+        row.pop("tier")
+        out[str(label)] = row
+    return out
+
+
 def format_groups(groups: dict[str, dict], alpha: float) -> str:
     """The per-group table for people; rows over α are marked."""
     lines = [f"{'group':<18}{'n':>6}{'risk':>8}{'q-loss':>8}{'accuracy':>10}{'escalated':>11}{'cost':>7}"]
@@ -136,4 +151,4 @@ def format_evaluation(figures: dict, alpha: float) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["evaluate_policy", "format_evaluation", "format_groups", "group_table", "policy_config"]
+__all__ = ["route_items", "breakdown", "evaluate_policy", "format_evaluation", "format_groups", "group_table", "policy_config"]

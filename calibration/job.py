@@ -3,7 +3,8 @@ the arrays a fit needs.
 
 Generations live in the request-keyed cache (``calibration.cache``): an interrupted or
 repeated job only generates the requests the cache lacks, whatever file or dataset they
-come from. Correctness is scored from each item's references as records are read. When a
+come from. Correctness is scored from each item's references as records are read (code items by
+running them in the sandbox, with a verdict cache: ``calibration.correctness``). When a
 tier's vLLM engine dies mid-job (a crowded machine, a killed process), the job starts the
 engine again and resumes from the cache, a bounded number of times; a failure right after
 a restart (no batch finished in between) stops the job with the reason.
@@ -28,7 +29,7 @@ from vcascade.engine.uncertainty.rules import Query, Rule, SkipRule
 from . import cache
 from .conformal import CalibrationData
 from .datasets import Item, to_request
-from .scoring import is_correct
+from .correctness import score_answers
 
 log = logging.getLogger("vcascade.calibration")
 
@@ -117,9 +118,12 @@ def collect(config: CascadeConfig, items: Sequence[Item], batch_size: int = 64, 
                 generate_missing(tiers[index], items, path, batch_size, progress, cached=cached)
             else:
                 _generate_with_restarts(config, tier_config.name, items, path, batch_size, progress, cached)
-        out.append({item.id: {"result": cached[key],
-                              "correct": is_correct(cached[key]["text"], item.answers, item.kind, item.options)}
-                    for item, key in zip(items, keys)})
+        budget = tier_config.sampling.max_tokens
+        for item, key in zip(items, keys):  # results cached before budgets were recorded
+            cached[key].setdefault("max_tokens", item.max_tokens or budget)
+        verdicts = score_answers([cached[key]["text"] for key in keys], items, progress=progress)
+        out.append({item.id: {"result": cached[key], "correct": right}
+                    for item, key, right in zip(items, keys, verdicts)})
     return out
 
 
@@ -134,15 +138,15 @@ def correctness(records: list[dict], items: Sequence[Item]) -> np.ndarray:
 
 
 def token_costs(config: CascadeConfig, records: list[dict], items: Sequence[Item]) -> np.ndarray:
-    """Cost of running tier k on item i, shape (n, K): tokens (prompt, answer and samples)
-    times the tier's cost per token."""
+    """Cost of running tier k on item i, shape (n, K): prompt tokens at the tier's prompt
+    price plus generated tokens (answer and samples) at its output price
+    (``cost_per_prompt_token`` / ``cost_per_output_token``, both ``cost_per_token`` unless set)."""
     costs = np.zeros((len(items), len(config.tiers)))
     for k, (tier, per_tier) in enumerate(zip(config.tiers, records)):
         for i, item in enumerate(items):
             result = per_tier[item.id]["result"]
-            tokens = result["prompt_tokens"] + result["completion_tokens"]
-            tokens += sum(len(s["token_logprobs"]) for s in result.get("samples", []))
-            costs[i, k] = tier.cost_per_token * tokens
+            generated = result["completion_tokens"] + sum(len(s["token_logprobs"]) for s in result.get("samples", []))
+            costs[i, k] = tier.price(result["prompt_tokens"], generated)
     return costs
 
 

@@ -1,7 +1,7 @@
 """Correctness of a model answer against reference answers (the calibration job scores its
 items with it; the server scores feedback that brings a reference answer).
 
-Four answer kinds:
+Five answer kinds:
 
 * ``exact``   — SQuAD-style normalization (lower-case, drop punctuation and the articles
   a/an/the, collapse white space; Rajpurkar et al. 2016). Correct when a normalized
@@ -17,6 +17,10 @@ Four answer kinds:
   ``uncertainty.math_answers.final_answer``) is mathematically equal to a reference, plain
   numbers or LaTeX (``math_equal``: MATH's ``is_equiv`` with Minerva's normalization, then
   ``sympy``; Hendrycks et al. 2021, Lewkowycz et al. 2022).
+* ``code``    — a program (MBPP, HumanEval): the reply's code (``sandbox.extract_code``) is
+  *executed* in the sandbox between the item's setup code (``references[1]``, optional)
+  and its tests (``references[0]``), and is correct when the tests run to the end. The
+  calibration job scores many at once with a verdict cache (``calibration.correctness``).
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from typing import Sequence
 from .uncertainty.answers import choice_letter, contains_answer, normalize, parse_number
 from .uncertainty.math_answers import final_answer, math_equal
 
-__all__ = ["KINDS", "choice_letter", "exact_match", "is_correct", "math_match", "normalize", "numeric_match",
+__all__ = ["KINDS", "choice_letter", "code_passes", "code_program", "exact_match", "is_correct", "math_match", "normalize", "numeric_match",
            "parse_number"]
-KINDS = ("exact", "numeric", "choice", "math")
+KINDS = ("exact", "numeric", "choice", "math", "code")
 
 
 def exact_match(prediction: str, references: Sequence[str]) -> bool:
@@ -52,6 +56,21 @@ def math_match(prediction: str, references: Sequence[str]) -> bool:
     return answer is not None and any(math_equal(answer, ref) for ref in references)
 
 
+def code_program(prediction: str, references: Sequence[str]) -> str:
+    """The program a ``code`` item runs: its setup, the reply's code, its tests."""
+    from .sandbox import extract_code
+
+    setup = references[1] if len(references) > 1 else ""
+    return f"{setup}\n\n{extract_code(prediction)}\n\n{references[0]}\n"
+
+
+def code_passes(prediction: str, references: Sequence[str]) -> bool:
+    """Does the reply's code pass the item's tests in the sandbox?"""
+    from .sandbox import run_program
+
+    return run_program(code_program(prediction, references)).passed
+
+
 def is_correct(prediction: str, references: Sequence[str], kind: str, options: Sequence[str] = ()) -> bool:
     """Is ``prediction`` correct for an item of answer ``kind``?"""
     if kind == "exact":
@@ -63,4 +82,6 @@ def is_correct(prediction: str, references: Sequence[str], kind: str, options: S
         return letter is not None and letter in {r.strip().strip("()").upper() for r in references}
     if kind == "math":
         return math_match(prediction, references)
+    if kind == "code":
+        return code_passes(prediction, references)
     raise ValueError(f"unknown answer kind {kind!r}; known: {', '.join(KINDS)}")
