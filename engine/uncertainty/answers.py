@@ -77,19 +77,20 @@ def choice_letter(prediction: str, options: Sequence[str] = ()) -> str | None:
     return m.group(1) if m and m.group(1) in valid else None
 
 
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
-
 
 def code_block_span(text: str) -> tuple[int, int] | None:
-    """Character offsets ``(start, end)`` of the code of a reply's main fenced block: the
-    first Python-tagged (``python``/``py``) or untagged block that defines a function, else
-    the longest block; an unterminated last fence (a reply cut at ``max_tokens``) runs to
-    the end. ``None`` when the reply has no fence."""
-    blocks = [(m.start(2), m.end(2), m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(text)]
-    if not blocks:
+    """Character offsets ``(start, end)`` in ``text`` of the code the sandbox would run
+    (``engine.sandbox.extract_code``: the first Python block that defines a function, else
+    the longest block), from its first to its last non-blank line; ``None`` without a fence."""
+    from ..sandbox import extract_code
+
+    if "```" not in text:
         return None
-    for start, end, tag, body in blocks:
-        if tag in ("python", "py", "python3", "") and re.search(r"^\s*(?:async\s+)?def\s", body, re.M):
-            return start, end
-    start, end, _, _ = max(blocks, key=lambda b: b[1] - b[0])
-    return start, end
+    lines = [line.strip() for line in extract_code(text).splitlines() if line.strip()]
+    if not lines:
+        return None
+    start = text.find(lines[0])
+    end = text.find(lines[-1], max(start, 0))
+    if start < 0 or end < 0:
+        return None
+    return start, end + len(lines[-1])
