@@ -14,8 +14,11 @@ Users bring their own data as JSONL, one item per line (``load_jsonl``)::
     {"id": "q2", "messages": [{"role": "user", "content": "2+2?"}], "answers": ["4"], "kind": "numeric"}
     {"id": "q3", "prompt": "...\nA. x\nB. y", "answers": ["B"], "kind": "choice", "options": ["x", "y"]}
 
-``kind`` is ``exact`` (normalized match against any alias), ``numeric`` or ``choice``
-(option letter; ``options`` optional). An optional ``"group"`` (any string: task, tenant,
+``kind`` is ``exact`` (normalized match against any alias), ``numeric``, ``choice``
+(option letter; ``options`` optional), ``math`` (the final answer of worked reasoning) or
+``code`` (``answers[0]``: a test program the reply's code must pass in the sandbox;
+``answers[1]``, optional: setup code run before it). An optional ``"max_tokens"`` is the
+item's own answer budget (a request asking for it is inside the calibration's scope). An optional ``"group"`` (any string: task, tenant,
 product surface) names the item's kind of traffic for ``vcascade calibrate --group-by
 group``. Errors name the file and line.
 """
@@ -260,8 +263,12 @@ def _parse_jsonl_item(obj: object, where: str, default_id: str) -> Item:
     group = obj.get("group")
     if group is not None and not (isinstance(group, str) and group):
         raise DatasetError(f"{where}: 'group' must be a non-empty string")
+    max_tokens = obj.get("max_tokens")
+    if max_tokens is not None and not (isinstance(max_tokens, int) and not isinstance(max_tokens, bool)
+                                       and max_tokens >= 1):
+        raise DatasetError(f"{where}: 'max_tokens' must be a positive integer")
     return Item(str(obj.get("id", default_id)), prompt, tuple(str(a) for a in answers), kind, tuple(options),
-                tuple(messages) if messages is not None else None, group=group)
+                tuple(messages) if messages is not None else None, group=group, max_tokens=max_tokens)
 
 
 def load_jsonl(path: str | Path) -> list[Item]:

@@ -12,6 +12,7 @@ from vcascade.calibration.datasets import load_dataset
 from vcascade.engine import cli
 from vcascade.engine.artifact import ArtifactError, load_artifact_policy, read_artifact, tier_identity
 from vcascade.engine.config import load_config
+from vcascade.engine.sandbox import REASONS
 from tests.conftest import tiny_tier_dict
 
 WORDS = ["yes", "no", "cat", "dog", "sun", "moon", "red", "blue", "one", "two", "up", "down"]
@@ -343,3 +344,36 @@ def test_a_job_whose_engine_is_killed_restarts_it_and_writes_the_same_artifact(t
             a["thresholds"] == pytest.approx(b["thresholds"], rel=1e-4), key
     killed_cache = next((tmp_path / "killed").rglob("*.jsonl"))
     assert len(killed_cache.read_text().splitlines()) == 12  # every request once: the lost batch was not duplicated
+
+
+def test_long_items_keep_their_budget_code_is_executed_and_length_groups_are_certified(
+        tiny_config, tmp_path, capsys, counted_tiers, monkeypatch):
+    """A slice of short and long traffic on the tiny engines: each long item runs under its own
+    system turn and max_tokens, its code is executed (verdicts cached), and the artifact is
+    fitted per answer-length group, a function of the request that serving reproduces."""
+    monkeypatch.setenv("VCASCADE_CACHE", str(tmp_path / "vc"))
+    lines = [{"id": f"s{i}", "prompt": f"Question {i}: say {w}.", "answers": [w]} for i, w in enumerate(WORDS * 2)]
+    lines += [{"id": f"c{i}", "messages": [{"role": "system", "content": "Reply with one python code block."},
+                                           {"role": "user", "content": f"Write f() returning {i}."}],
+               "answers": [f"assert f() == {i}"], "kind": "code", "max_tokens": 20} for i in range(24)]
+    data = tmp_path / "mixed.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    items = load_dataset(str(data))
+    records = job.collect(load_config(tiny_config), items, batch_size=16, progress=False)
+    for item in items:
+        result = records[0][item.id]["result"]
+        assert result["max_tokens"] == (item.max_tokens or 12) and result["completion_tokens"] <= result["max_tokens"]
+    verdicts = (tmp_path / "vc" / "execution" / "verdicts.jsonl").read_text().splitlines()
+    assert 0 < len(verdicts) <= 48 and all(json.loads(v)["reason"] in REASONS for v in verdicts)
+    out = tmp_path / "len.json"
+    code, stdout, err = run_cli(capsys, "calibrate", "--config", str(tiny_config), "--dataset", str(data),
+                                "--signal", "mean_logprob", "--target", "quality-loss", "--alpha", "0.2", "--delta",
+                                "0.2", "--group-by", "length", "--delta-split", "bonferroni", "--out", str(out))
+    assert code == 0, err
+    artifact = read_artifact(out)
+    assert artifact["policy"]["group_by"] == "length" and set(artifact["policy"]["groups"]) == {"short", "long"}
+    assert artifact["scope"]["item_max_tokens"] == [20] and artifact["scope"]["tier_budget_calibrated"]
+    assert artifact["prices"]["tiny-a"] == {"prompt": 1.0, "output": 1.0}
+    assert len(verdicts) == len((tmp_path / "vc" / "execution" / "verdicts.jsonl").read_text().splitlines())
+    policy = load_artifact_policy(out, load_config(tiny_config))
+    assert policy.group_by == "length" and policy.group_of(job.queries(items)[-1].request, 12) == "long"

@@ -79,6 +79,14 @@ def test_user_jsonl_round_trip(tmp_path):
     assert c.options == ("x", "y") and c.kind == "choice"
 
 
+def test_user_items_may_bring_their_own_budget_and_code_tests(tmp_path):
+    path = write(tmp_path, [json.dumps({"messages": [{"role": "system", "content": "Code only."},
+                                                     {"role": "user", "content": "Write add(a, b)."}],
+                                        "answers": ["assert add(1, 2) == 3"], "kind": "code", "max_tokens": 256})])
+    [item] = load_dataset(str(path))
+    assert item.max_tokens == 256 and item.has_own_instructions and to_request(item).max_tokens == 256
+
+
 @pytest.mark.parametrize("line, message", [
     ("{broken", "not valid JSON"),
     ('{"answers": ["x"]}', "exactly one of 'prompt' and 'messages'"),
@@ -86,6 +94,8 @@ def test_user_jsonl_round_trip(tmp_path):
     ('{"prompt": "q", "answers": []}', "'answers' must be a non-empty list"),
     ('{"prompt": "q", "answers": ["x"], "kind": "fuzzy"}', "'kind' must be one of exact, numeric, choice"),
     ('{"messages": [{"role": "user"}], "answers": ["x"]}', "'messages' must be a non-empty list"),
+    ('{"prompt": "q", "answers": ["x"], "max_tokens": 0}', "'max_tokens' must be a positive integer"),
+    ('{"prompt": "q", "answers": ["x"], "max_tokens": "64"}', "'max_tokens' must be a positive integer"),
 ])
 def test_malformed_user_dataset_names_file_and_line(tmp_path, line, message):
     path = write(tmp_path, [json.dumps({"prompt": "ok", "answers": ["y"]}), line])
