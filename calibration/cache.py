@@ -50,8 +50,9 @@ def tier_cache_path(identity: dict, root: Path | None = None) -> Path:
     return (root or cache_dir().parent / "calibration") / f"{label}-{key}.jsonl"
 
 
-def read(path: Path) -> dict[str, dict]:
-    """Cached result dicts by request key; a torn last line (an interrupted write) is ignored."""
+def read_keyed(path: Path, field: str | None = None) -> dict[str, dict]:
+    """The JSON objects of an append-only JSONL file by their ``"key"`` (the last one wins), or
+    their ``field`` by key; a torn last line (an interrupted write) is ignored."""
     records: dict[str, dict] = {}
     if path.is_file():
         with open(path, encoding="utf-8") as fh:
@@ -60,9 +61,14 @@ def read(path: Path) -> dict[str, dict]:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if isinstance(record, dict) and "key" in record and "result" in record:
-                    records[record["key"]] = record["result"]
+                if isinstance(record, dict) and "key" in record and (field is None or field in record):
+                    records[record["key"]] = record if field is None else record[field]
     return records
+
+
+def read(path: Path) -> dict[str, dict]:
+    """Cached result dicts by request key."""
+    return read_keyed(path, "result")
 
 
 class Writer:

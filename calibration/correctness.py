@@ -20,6 +20,7 @@ from typing import Sequence
 from vcascade.engine.model_store import cache_dir
 from vcascade.engine.scoring import code_program, is_correct
 
+from .cache import read_keyed
 from .datasets import Item
 
 EXECUTION_WORKERS = 2
@@ -35,27 +36,13 @@ def _program_key(program: str) -> str:
     return hashlib.sha256(f"{SANDBOX_VERSION}\0{program}".encode()).hexdigest()[:32]
 
 
-def _read_verdicts(path: Path) -> dict[str, dict]:
-    verdicts: dict[str, dict] = {}
-    if path.is_file():
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a torn last line from an interrupted run
-                    continue
-                if isinstance(record, dict) and "key" in record:
-                    verdicts[record["key"]] = record
-    return verdicts
-
-
 def execute_programs(programs: Sequence[str], root: Path | None = None, progress: bool = False) -> list[dict]:
     """Verdicts ``{"passed", "reason", "seconds"}`` for ``programs`` (complete programs: setup,
     solution and tests), from the verdict cache or by running the missing ones in the sandbox."""
     from vcascade.engine.sandbox import run_programs
 
     path = verdict_cache_path(root)
-    verdicts = _read_verdicts(path)
+    verdicts = read_keyed(path)
     keys = [_program_key(p) for p in programs]
     todo = list(dict.fromkeys(k for k in keys if k not in verdicts))
     if todo:

@@ -71,6 +71,9 @@ def test_default_cascade_behind_the_server_answers_the_openai_client(default_cas
         decision = body.model_extra["cascade"]
         first = decision["trace"][0]
         assert reply.headers["x-vcascade-tier"] == decision["tier"] and decision["in_scope"]
+        if policy.by_group:  # grouped by answer length: a short request gets the short group's thresholds
+            assert decision["group"] == "short"
+            policy = policy.for_group("short")[0]
         if first["decision"] == "skip":
             assert first["score"] < policy.skip_threshold and decision["tier"] == "qwen-1.5b"
         else:
@@ -82,11 +85,15 @@ def test_default_cascade_behind_the_server_answers_the_openai_client(default_cas
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert streamed == body.choices[0].message.content  # greedy: the same answer, the same decision
         assert chunks[-1].model_extra["cascade"]["tier"] == decision["tier"]
-        # the committed artifact was calibrated with 32-token answers and its own system prompt
+        # the committed artifact was calibrated on 32-token answers under the cascade's system prompt
+        # and on long-form items with their own system turns and budgets (320, 384, 400, 512)
         short = client.chat.completions.create(model="vcascade", messages=question, max_tokens=16)
         assert short.model_extra["cascade"]["out_of_scope"] == ["max_tokens"]
         own = client.chat.completions.create(model="vcascade", messages=[
-            {"role": "system", "content": "Explain your reasoning step by step."}, *question], max_tokens=32)
-        assert own.model_extra["cascade"]["out_of_scope"] == ["system_prompt"]
+            {"role": "system", "content": "You are a terse assistant."},
+            {"role": "user", "content": "Reply with the single word OK."}], max_tokens=320)
+        assert own.model_extra["cascade"]["in_scope"] and own.model_extra["cascade"]["group"] == "long"
+        odd = client.chat.completions.create(model="vcascade", messages=question, max_tokens=100)
+        assert odd.model_extra["cascade"]["out_of_scope"] == ["max_tokens"]
         metrics = httpx.get(f"{url}/metrics").text
         assert 'vcascade:request_success_total{' in metrics and 'tier="' + decision["tier"] + '"' in metrics
