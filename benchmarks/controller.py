@@ -463,7 +463,7 @@ def render(summary: dict) -> str:
              "(shared machine: compare within this run). Client: "
              + ("`vllm bench serve` (openai-chat, streamed)" if summary["client"] == "vllm"
                 else "an aiohttp loop sending the same streamed chat requests as `vllm bench serve`")
-             + f", closed loop at each concurrency, no rate limit. `floor`: the same server over one instant tier, "
+             + ", closed loop at each concurrency, no rate limit. `floor`: the same server over one instant tier, "
              "no rule (HTTP, parsing, rendering, response); `default`: the default artifact's policy "
              "(learned rule + skip with their MiniLM prompt features) over the default tiers; `hashed-standin`: "
              "the same rule shapes over hashed n-gram prompt features, fitted to random labels (cost, not "

@@ -370,7 +370,7 @@ def render(summary: dict) -> str:
                          f"{_f(g['accuracy'])} | {_f(g['quality_loss'], 3)}{mark} | {_f(g['escalated'], pct=True)} | "
                          f"{_f(g['skipped'], pct=True)} | {_f(g['cost_tokens'])} | {_f(g['cost_seconds'])} | "
                          f"{_f(g['oracle_cost_seconds_at_same_quality_loss'])} |")
-        lines.append(f"\n⚠: above α on that set — the guarantee covers the mix, not each set "
+        lines.append("\n⚠: above α on that set — the guarantee covers the mix, not each set "
                      "(`vcascade calibrate --group-by` fits each set its own thresholds).")
     timing_note = " (reused from an earlier run)" if any("from" in m for m in summary["timing"].values()) else ""
     lines += ["", f"## Engine-seconds model (timing pass, each tier alone on all cores){timing_note}", "",

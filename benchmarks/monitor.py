@@ -311,7 +311,7 @@ def markdown(s: dict) -> str:
              f"- false alarms: **{s['false_alarm_share']:.3f}** of runs (allowed: ε = {s['alarm_level']}) over "
              f"{s['live_steps_in_distribution']} live requests each"
              + (f"; first tests to fire: {s['false_alarms_by_test']}" if s["false_alarms_by_test"] else ""),
-             *([f"- the same runs at larger ε: false alarms in "
+             *(["- the same runs at larger ε: false alarms in "
                 + ", ".join(f"{v:.3f} of runs at ε = {k}" for k, v in s["false_alarm_share_at"].items())]
                if s["false_alarm_share_at"] else []),
              f"- audit bound covers the realized quality loss at every step in **{s['audit_coverage_in_distribution']:.3f}**"

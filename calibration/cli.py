@@ -23,7 +23,7 @@ from .conformal import (DEFAULT_DELTA, DELTA_SPLITS, P_VALUES, TARGETS, check_fi
                         conditional_quality_loss, fit_groups, fit_thresholds, price_of_guarantee)
 from .datasets import GROUP_FIELDS, dataset_fingerprint, group_of, load_dataset, split
 from .embeddings import prompt_embeddings
-from .evaluation import evaluate_policy, format_evaluation, format_groups, group_table
+from .evaluation import breakdown, evaluate_policy, format_evaluation, format_groups, group_table
 from .from_log import dataset_from_log
 from .job import calibration_data, collect, token_costs
 from .monitoring import monitor_reference

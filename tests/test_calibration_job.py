@@ -377,3 +377,9 @@ def test_long_items_keep_their_budget_code_is_executed_and_length_groups_are_cer
     assert len(verdicts) == len((tmp_path / "vc" / "execution" / "verdicts.jsonl").read_text().splitlines())
     policy = load_artifact_policy(out, load_config(tiny_config))
     assert policy.group_by == "length" and policy.group_of(job.queries(items)[-1].request, 12) == "long"
+    code, stdout, err = run_cli(capsys, "evaluate", "--artifact", str(out), "--config", str(tiny_config),
+                                "--split", "all", "--json", str(tmp_path / "eval.json"))
+    assert code == 0, err
+    figures = json.loads((tmp_path / "eval.json").read_text())
+    assert set(figures["groups"]) == {"short", "long"} and figures["groups"]["long"]["n"] == 24
+    assert figures["sources"] and "per source (a figure: the guarantee is per group)" in stdout

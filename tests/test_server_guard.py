@@ -4,7 +4,6 @@ in /metrics, /health and /v1/monitor, the log line when it flips, audits, feedba
 
 import json
 import logging
-import math
 
 import httpx
 import numpy as np

@@ -39,7 +39,6 @@ disagreements weighted by 1/p (``sequences.audit_upper_bound``).
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
