@@ -120,8 +120,27 @@ def parse_artifact(text: str, path: str | Path = "<artifact>") -> dict[str, Any]
     return data
 
 
+def dtype_departure(artifact: dict[str, Any], config: CascadeConfig) -> str | None:
+    """Why tiers with ``dtype: auto`` run in another dtype here than the calibration did (a
+    bf16 calibration on a CPU that would emulate bf16, so ``auto`` picks float32), or ``None``.
+
+    The cascade still runs the artifact's policy — refusing would leave such a machine with no
+    default at all, or force it to emulate bf16 several times slower — but answers and
+    scores differ between dtypes, so the guarantee does not cover them (scope reason ``dtype``).
+    A tier whose config names a dtype other than the calibrated one is refused (``mismatch``).
+    """
+    for i, (was, tier) in enumerate(zip(artifact["tiers"], config.tiers)):
+        if isinstance(tier, EngineTierConfig) and tier.dtype == "auto":
+            here = hardware.resolve_dtype("auto")
+            if was["decoding"].get("dtype") not in (None, here):
+                return (f"tier {i} ({tier.name}): calibrated in {was['decoding']['dtype']}, runs in {here} here "
+                        f"(dtype auto: {hardware.native_dtype().reason})")
+    return None
+
+
 def mismatch(artifact: dict[str, Any], config: CascadeConfig, live: Sequence | None = None) -> str | None:
-    """The first difference between the artifact's tiers and the config's, or ``None``.
+    """The first difference between the artifact's tiers and the config's, or ``None`` (a
+    ``dtype: auto`` tier resolving to another dtype is not one: see ``dtype_departure``).
 
     ``live`` (started tiers) adds what only a running tier knows: a remote tier's context length.
     """
@@ -133,11 +152,13 @@ def mismatch(artifact: dict[str, Any], config: CascadeConfig, live: Sequence | N
         if was["model_hash"] != now["model_hash"]:
             return (f"tier {i} ({tier.name}): calibrated for model {was['model']!r} ({was['model_hash'][:40]}…), "
                     f"config has {tier.model!r} ({now['model_hash'][:40]}…)")
-        if isinstance(tier, EngineTierConfig) and was["decoding"].get("dtype") != now["decoding"]["dtype"]:
-            why = f" (dtype auto: {hardware.native_dtype().reason})" if tier.dtype == "auto" else ""
-            return (f"tier {i} ({tier.name}): calibrated with dtype {was['decoding'].get('dtype')}, this machine "
-                    f"runs it in {now['decoding']['dtype']}{why}; answers and scores differ between dtypes "
+        dtype_differs = isinstance(tier, EngineTierConfig) and was["decoding"].get("dtype") != now["decoding"]["dtype"]
+        if dtype_differs and tier.dtype != "auto":
+            return (f"tier {i} ({tier.name}): calibrated with dtype {was['decoding'].get('dtype')}, the config "
+                    f"runs it in {now['decoding']['dtype']}; answers and scores differ between dtypes "
                     f"(to run it as calibrated, set the tier's dtype: {was['decoding'].get('dtype')})")
+        if dtype_differs:  # dtype auto resolved differently here: served, but outside the guarantee (dtype_departure)
+            now = {**now, "decoding": {**now["decoding"], "dtype": was["decoding"].get("dtype")}}
         if was["decoding"] != now["decoding"]:
             keys = [k for k in now["decoding"] if was["decoding"].get(k) != now["decoding"][k]]
             return f"tier {i} ({tier.name}): decoding settings differ ({', '.join(keys) or 'engine kind'})"

@@ -6,7 +6,10 @@ before any engine starts, so a wrong artifact fails in a second, not after the s
 
 from __future__ import annotations
 
-from .artifact import ArtifactError, load_artifact_policy, mismatch, policy_from_artifact, read_artifact
+import logging
+
+from .artifact import (ArtifactError, dtype_departure, load_artifact_policy, mismatch, policy_from_artifact,
+                       read_artifact)
 from .cascade import Cascade
 from .config import CascadeConfig
 from .policy import Policy
@@ -28,7 +31,12 @@ def build_scope(config: CascadeConfig, force_artifact: bool = False) -> Scope:
     if not config.artifact:
         return Scope.uncalibrated()
     artifact = read_artifact(config.artifact)
-    return Scope.from_artifact(artifact, forced=force_artifact and mismatch(artifact, config) is not None)
+    departure = dtype_departure(artifact, config)
+    if departure:
+        logging.getLogger("vcascade").warning("%s: %s; answers are served with its policy but outside its guarantee "
+                                              "(scope reason 'dtype')", config.artifact, departure)
+    return Scope.from_artifact(artifact, forced=force_artifact and mismatch(artifact, config) is not None,
+                               dtype_departs=departure is not None)
 
 
 def cascade_for_artifact(config: CascadeConfig, artifact: dict, tiers, force_artifact: bool = False) -> Cascade:
@@ -41,7 +49,8 @@ def cascade_for_artifact(config: CascadeConfig, artifact: dict, tiers, force_art
         raise ArtifactError(f"{config.artifact} does not match {config.source}: {problem}. "
                             "Recalibrate for this config, or pass --force-artifact to serve it anyway.")
     policy = policy_from_artifact(artifact, config.artifact)
-    scope = Scope.from_artifact(artifact, forced=force_artifact and problem is not None)
+    scope = Scope.from_artifact(artifact, forced=force_artifact and problem is not None,
+                                dtype_departs=dtype_departure(artifact, config) is not None)
     if not force_artifact:
         problem = mismatch(artifact, config, live=[t.backend for t in tiers])
         if problem:

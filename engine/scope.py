@@ -26,6 +26,8 @@ REASONS = {
     "max_tokens": "max_tokens is none of the calibrated answer budgets (the tiers' own, or one the calibration "
                   "items asked for)",
     "decoding": "temperature, top_p, stop or seed differ from the calibrated decoding",
+    "dtype": "the engines run in another dtype than the calibration did (dtype auto resolved differently on this "
+             "machine): answers and scores differ",
     "tier_range": "a pinned tier or cascade.max_tier: the certified policy is not running",
     "group_unknown": "the request's group is not one the artifact calibrated; the most conservative group's "
                      "policy answered it",
@@ -63,13 +65,15 @@ class Scope:
     group_by: str | None = None
     """``"length"``: groups are a function of the request (``engine.policy.length_group``),
     so every request has a known group."""
+    dtype_departs: bool = False
+    """The engines run in another dtype than the calibration (``engine.artifact.dtype_departure``)."""
 
     @classmethod
     def uncalibrated(cls) -> "Scope":
         return cls(calibrated=False)
 
     @classmethod
-    def from_artifact(cls, artifact: dict[str, Any], forced: bool = False) -> "Scope":
+    def from_artifact(cls, artifact: dict[str, Any], forced: bool = False, dtype_departs: bool = False) -> "Scope":
         """The scope an artifact records (``"scope"``), completed from its tiers' decoding."""
         recorded = artifact.get("scope") or {}
         tiers = artifact["tiers"]
@@ -80,7 +84,7 @@ class Scope:
                    groups=tuple(recorded.get("groups") or ()),
                    item_max_tokens=tuple(int(b) for b in recorded.get("item_max_tokens") or ()),
                    tier_budget_calibrated=bool(recorded.get("tier_budget_calibrated", True)),
-                   group_by=recorded.get("group_by"))
+                   group_by=recorded.get("group_by"), dtype_departs=dtype_departs)
 
     def to_dict(self) -> dict[str, Any]:
         """What the artifact records under ``"scope"`` (the rest is in its tiers)."""
@@ -99,6 +103,8 @@ class Scope:
         out = []
         if self.forced:
             out.append("forced_artifact")
+        if self.dtype_departs:
+            out.append("dtype")
         if request.raw:
             out.append("endpoint")
         if self.instructions == "cascade" and any(t != self.system_prompt for t in _system_turns(request)):

@@ -290,7 +290,8 @@ def create_app(cascade: Cascade, settings: Settings | None = None) -> FastAPI:
     async def models() -> ModelList:
         cascade = service.cascade
         tiers = cascade.tiers
-        covered = cascade.scope.calibrated and not cascade.scope.forced  # a forced artifact guarantees nothing
+        # a forced artifact, or engines in another dtype than the calibration's, guarantee nothing
+        covered = cascade.scope.calibrated and not cascade.scope.forced and not cascade.scope.dtype_departs
         cards = [ModelCard(id=settings.served_model_name, max_model_len=min(t.max_model_len for t in tiers),
                            cascade={"tiers": [t.name for t in tiers], "policy": cascade.policy.describe(),
                                     "guarantee": settings.guarantee if covered else None,

@@ -331,8 +331,9 @@ def build_guard(cascade, artifact: LiveArtifact | None, settings: GuardSettings 
     an artifact without a ``"monitor"`` section."""
     if settings is None or artifact is None:
         return None
-    if not cascade.scope.calibrated or cascade.scope.forced:
-        log.warning("monitor off: the policy is not a calibration's (or its artifact was forced)")
+    if not cascade.scope.calibrated or cascade.scope.forced or cascade.scope.dtype_departs:
+        log.warning("monitor off: the policy is not a calibration's (or its artifact was forced, or the engines "
+                    "run in another dtype than it was calibrated in)")
         return None
     if not (artifact.data.get("monitor") or {}).get("scores"):
         log.warning("monitor off: %s has no 'monitor' section (recalibrate it with this vcascade to monitor it)",

@@ -164,7 +164,7 @@ class CascadeInfo(BaseModel):
     in_scope: bool = Field(description="true when the artifact's guarantee covers this request")
     out_of_scope: list[str] = Field(description="why it does not (empty when in scope): max_tokens, system_prompt, "
                                                 "endpoint, decoding, tier_range, fallback_answer, forced_artifact, "
-                                                "group_unknown, uncalibrated")
+                                                "group_unknown, dtype, uncalibrated")
     group: str | None = Field(None, description="the group whose thresholds decided (per-group artifacts)")
     trace: list[TraceEntry]
 

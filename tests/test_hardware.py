@@ -5,7 +5,9 @@ import json
 import pytest
 
 from vcascade.engine import hardware
-from vcascade.engine.artifact import ArtifactError, decoding_settings, load_artifact_policy, tier_identity
+from vcascade.engine.artifact import (ArtifactError, decoding_settings, dtype_departure, load_artifact_policy,
+                                      tier_identity)
+from vcascade.engine.scope import REASONS
 from vcascade.engine.config import parse_config
 
 # Real flag lines (abridged): an Intel Xeon with AMX, an AMD EPYC with AVX2 only.
@@ -66,7 +68,9 @@ def test_identity_holds_the_resolved_dtype(tmp_path, machine):
     assert decoding_settings(config.tiers[0], None)["dtype"] == "float32"
 
 
-def test_bf16_artifact_matches_auto_on_bf16_cpu_and_is_refused_on_float32_cpu(tmp_path, machine):
+def test_bf16_artifact_runs_under_auto_everywhere_but_guarantees_only_where_the_dtype_matches(tmp_path, machine):
+    from vcascade.engine.factory import build_scope
+
     calibrated = two_tier_config(tmp_path, dtype="bfloat16")
     artifact = {"schema_version": 2, "target": "quality-loss", "alpha": 0.1, "fit": {},
                 "tiers": [tier_identity(t, calibrated) for t in calibrated.tiers],
@@ -75,13 +79,19 @@ def test_bf16_artifact_matches_auto_on_bf16_cpu_and_is_refused_on_float32_cpu(tm
     path.write_text(json.dumps(artifact))
     auto = two_tier_config(tmp_path).with_artifact(str(path))
     machine(XEON_AMX)
+    assert load_artifact_policy(path, auto).thresholds == (-0.5,) and not build_scope(auto).dtype_departs
+    machine(EPYC_AVX2)  # auto picks float32 here: the policy runs, outside the guarantee
     assert load_artifact_policy(path, auto).thresholds == (-0.5,)
-    machine(EPYC_AVX2)
-    with pytest.raises(ArtifactError, match=r"tier 0 \(a\): calibrated with dtype bfloat16, this machine runs it "
-                                            r"in float32 \(dtype auto: CPU has no native bf16"):
-        load_artifact_policy(path, auto)
+    scope = build_scope(auto)
+    assert scope.dtype_departs and "dtype" in REASONS
+    assert dtype_departure(artifact, auto).startswith("tier 0 (a): calibrated in bfloat16, runs in float32 here")
     pinned = two_tier_config(tmp_path, dtype="bfloat16").with_artifact(str(path))
     assert load_artifact_policy(path, pinned).thresholds == (-0.5,)  # explicit bf16 still runs as calibrated
+    assert not build_scope(pinned).dtype_departs
+    other = two_tier_config(tmp_path, dtype="float32").with_artifact(str(path))  # a config that names another dtype
+    with pytest.raises(ArtifactError, match=r"tier 0 \(a\): calibrated with dtype bfloat16, the config runs it "
+                                            r"in float32"):
+        load_artifact_policy(path, other)
 
 
 def test_start_up_states_the_dtype(tmp_path, machine):

@@ -70,7 +70,9 @@ def test_default_cascade_behind_the_server_answers_the_openai_client(default_cas
         body = reply.parse()
         decision = body.model_extra["cascade"]
         first = decision["trace"][0]
-        assert reply.headers["x-vcascade-tier"] == decision["tier"] and decision["in_scope"]
+        # a machine whose dtype auto differs from the calibration's is served outside the guarantee
+        departs = ["dtype"] if default_cascade.scope.dtype_departs else []
+        assert reply.headers["x-vcascade-tier"] == decision["tier"] and decision["out_of_scope"] == departs
         if policy.by_group:  # grouped by answer length: a short request gets the short group's thresholds
             assert decision["group"] == "short"
             policy = policy.for_group("short")[0]
@@ -88,12 +90,12 @@ def test_default_cascade_behind_the_server_answers_the_openai_client(default_cas
         # the committed artifact was calibrated on 32-token answers under the cascade's system prompt
         # and on long-form items with their own system turns and budgets (320, 384, 400, 512)
         short = client.chat.completions.create(model="vcascade", messages=question, max_tokens=16)
-        assert short.model_extra["cascade"]["out_of_scope"] == ["max_tokens"]
+        assert short.model_extra["cascade"]["out_of_scope"] == departs + ["max_tokens"]
         own = client.chat.completions.create(model="vcascade", messages=[
             {"role": "system", "content": "You are a terse assistant."},
             {"role": "user", "content": "Reply with the single word OK."}], max_tokens=320)
-        assert own.model_extra["cascade"]["in_scope"] and own.model_extra["cascade"]["group"] == "long"
+        assert own.model_extra["cascade"]["out_of_scope"] == departs and own.model_extra["cascade"]["group"] == "long"
         odd = client.chat.completions.create(model="vcascade", messages=question, max_tokens=100)
-        assert odd.model_extra["cascade"]["out_of_scope"] == ["max_tokens"]
+        assert odd.model_extra["cascade"]["out_of_scope"] == departs + ["max_tokens"]
         metrics = httpx.get(f"{url}/metrics").text
         assert 'vcascade:request_success_total{' in metrics and 'tier="' + decision["tier"] + '"' in metrics
