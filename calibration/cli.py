@@ -125,8 +125,10 @@ def cmd_calibrate(args) -> int:
         embeddings = prompt_embeddings(items)
         print(f"choosing the deferral rule: train {len(splits.train)}, select {len(splits.select)}, "
               f"calibrate {len(splits.calibrate)} items", file=sys.stderr)
+        budget = config.tiers[0].sampling.max_tokens
+        groups = np.array([group_of(item, args.group_by, budget) for item in items]) if args.group_by else None
         selection = select_rules(config, records, items, splits, embeddings, costs, args.target, args.alpha,
-                                 seed=args.seed, skip=not args.no_skip)
+                                 seed=args.seed, skip=not args.no_skip, groups=groups)
         rules, skip = selection.rules, selection.skip
         fit_index = splits.calibrate
     fit_items = [items[i] for i in fit_index]

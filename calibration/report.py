@@ -144,8 +144,10 @@ def write_report(out_dir: Path, artifact: dict, data: CalibrationData, names: li
     selection = artifact.get("selection")
     if selection:
         lines += ["## How the rule was chosen (selection split)", "",
-                  "Cost of the cheapest configuration meeting the target on the selection split (no guarantee: for "
-                  "comparing rules), share of the oracle's gain over random deferral, and APGR.", "",
+                  "Cost of the cheapest configuration meeting the target on the selection split"
+                  + (" within each group (the fit is per group)" if artifact["dataset"].get("group_by") else "")
+                  + " (no guarantee: for comparing rules), share of the oracle's gain over random deferral, and "
+                    "APGR.", "",
                   "| tier | rule | selection cost | gain share | APGR |", "|---|---|---|---|---|"]
         for row in selection["table"]:
             lines.append(f"| {row['tier']} | `{row['rule']}` | {row['selection_cost']:.3f} | "

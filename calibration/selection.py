@@ -7,7 +7,8 @@ conformal fit happens. The calibration split is never used for training or choos
 the fitted thresholds keep the method's guarantee exactly as for a fixed signal.
 
 Candidates are compared by the cost of their cheapest configuration whose empirical risk
-on the selection split meets the target (ties: the larger share of the oracle's gain). A
+on the selection split meets the target — per group when the fit will be per group —
+(ties: the larger share of the oracle's gain). A
 skip rule (pre-generation) is kept only when it lowers that cost.
 """
 
@@ -63,6 +64,21 @@ def empirical_cheapest(data: CalibrationData, target: str, alpha: float, grid: i
     return expected_cost(data, best) / always_last, best
 
 
+def cheapest_per_group(data: CalibrationData, groups: np.ndarray | None, target: str, alpha: float,
+                       grid: int = 40) -> float:
+    """``empirical_cheapest``'s cost for a per-group fit: each group (``groups`` (n,)) at its own
+    cheapest configuration meeting α within the group, pooled relative to always-last. One
+    group (``None``): ``empirical_cheapest``. A rule is compared under the fit it will get."""
+    if groups is None:
+        return empirical_cheapest(data, target, alpha, grid)[0]
+    total, always_last = 0.0, float(data.costs[:, -1].sum())
+    for label in np.unique(groups):
+        part = data.subset(np.flatnonzero(groups == label))
+        ratio, _ = empirical_cheapest(part, target, alpha, grid)
+        total += ratio * float(part.costs[:, -1].sum())
+    return total / always_last
+
+
 @dataclass
 class Selection:
     """The chosen rules and what the selection split said about every candidate."""
@@ -113,10 +129,16 @@ def _skip_candidates(items, correct, splits: Splits, embeddings, seed: int):
 
 
 def select_rules(config: CascadeConfig, records: list[dict], items, splits: Splits, embeddings: np.ndarray,
-                 costs: np.ndarray, target: str, alpha: float, seed: int = 0, skip: bool = True) -> Selection:
-    """Train candidates on ``splits.train``, compare them on ``splits.select``, return the choice."""
+                 costs: np.ndarray, target: str, alpha: float, seed: int = 0, skip: bool = True,
+                 groups: np.ndarray | None = None) -> Selection:
+    """Train candidates on ``splits.train``, compare them on ``splits.select``, return the choice.
+
+    ``groups`` (n,), for a per-group fit: each candidate's selection cost is what it costs with
+    a threshold per group (``cheapest_per_group``); a rule that is cheap for the mix by spending
+    one group's whole loss budget on another is not chosen for a fit that bounds each group."""
     correct = correctness(records, items)
     sel = splits.select
+    sel_groups = None if groups is None else np.asarray(groups)[sel]
     chosen: list[Rule] = []
     table, refused = [], []
     for tier in range(len(config.tiers) - 1):
@@ -129,7 +151,7 @@ def select_rules(config: CascadeConfig, records: list[dict], items, splits: Spli
         for rule in _signal_candidates(config, tier) + learned:
             scores = rule_scores(rule, records[tier], sel_items, embeddings[sel])
             data = CalibrationData(scores[:, None], pair, pair_costs)
-            cost, _ = empirical_cheapest(data, target, alpha)
+            cost = cheapest_per_group(data, sel_groups, target, alpha)
             metrics = deferral_metrics(scores, pair, pair_costs, alpha)
             rows.append({"tier": tier, "rule": rule.name, "selection_cost": cost, "gain_share": metrics["gain_share"],
                          "apgr": metrics["apgr"], "_rule": rule})
@@ -138,26 +160,27 @@ def select_rules(config: CascadeConfig, records: list[dict], items, splits: Spli
         table += [{k: v for k, v in r.items() if k != "_rule"} for r in rows]
     selection = Selection(chosen, None, table, refused)
     if skip and len(config.tiers) >= 2:
-        _choose_skip(selection, config, records, items, splits, embeddings, costs, target, alpha, seed)
+        _choose_skip(selection, config, records, items, splits, embeddings, costs, target, alpha, seed, sel_groups)
     return selection
 
 
-def _choose_skip(selection: Selection, config, records, items, splits, embeddings, costs, target, alpha, seed):
+def _choose_skip(selection: Selection, config, records, items, splits, embeddings, costs, target, alpha, seed,
+                 sel_groups=None):
     correct = correctness(records, items)
     sel = splits.select
     sel_items = [items[i] for i in sel]
     scores = np.stack([rule_scores(rule, records[k], sel_items, embeddings[sel])
                        for k, rule in enumerate(selection.rules)], axis=1)
     base = CalibrationData(scores, correct[sel], costs[sel])
-    base_cost, _ = empirical_cheapest(base, target, alpha)
+    base_cost = cheapest_per_group(base, sel_groups, target, alpha)
     selection.skip_table.append({"skip": "none", "selection_cost": base_cost})
     candidates, refused = _skip_candidates(items, correct, splits, embeddings, seed)
     selection.refused += [{"tier": 0, "rule": r.name, "reason": r.reason} for r in refused]
     tried = []
     for rule in candidates:
         skip_scores = rule.score_many(queries(sel_items, embeddings[sel]))
-        cost, _ = empirical_cheapest(CalibrationData(scores, correct[sel], costs[sel], skip_scores), target, alpha,
-                                     grid=25)
+        cost = cheapest_per_group(CalibrationData(scores, correct[sel], costs[sel], skip_scores), sel_groups, target,
+                                  alpha, grid=25)
         selection.skip_table.append({"skip": rule.name, "selection_cost": cost})
         tried.append((cost, rule))
     if tried:

@@ -167,3 +167,24 @@ def test_each_group_fit_equals_a_fit_on_that_group_alone():
     for g in MIX:
         alone = fit_thresholds(data.subset(np.flatnonzero(groups == g)), "quality-loss", ALPHA, DELTA)
         assert fit.groups[g].thresholds == alone.thresholds
+
+
+def test_rule_selection_for_a_per_group_fit_prices_each_group_at_its_own_threshold():
+    from vcascade.calibration.selection import cheapest_per_group, empirical_cheapest
+
+    rng = np.random.default_rng(3)
+    n = 400
+    groups = np.array(["short"] * 300 + ["long"] * 100)
+    large = np.ones(n, dtype=bool)
+    small = np.where(groups == "short", rng.random(n) < 0.95, rng.random(n) < 0.6)
+    costs = np.where(groups[:, None] == "long", [[10.0, 20.0]], [[1.0, 2.0]])
+    scores = rng.random(n) + small  # a score that separates right from wrong answers, imperfectly
+    data = CalibrationData(scores[:, None], np.stack([small, large], axis=1), costs)
+    pooled, _ = empirical_cheapest(data, "quality-loss", 0.05)
+    grouped = cheapest_per_group(data, groups, "quality-loss", 0.05)
+    # the mix may spend its whole loss budget on the long group, where savings are largest
+    assert grouped >= pooled
+    parts = [empirical_cheapest(data.subset(np.flatnonzero(groups == g)), "quality-loss", 0.05)[0] for g in ("long", "short")]
+    long_total, short_total = costs[groups == "long", 1].sum(), costs[groups == "short", 1].sum()
+    assert grouped == pytest.approx((parts[0] * long_total + parts[1] * short_total) / (long_total + short_total))
+    assert cheapest_per_group(data, None, "quality-loss", 0.05) == pooled

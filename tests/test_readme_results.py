@@ -21,8 +21,17 @@ def test_results_section_quotes_the_result_files():
         ratio = serving["ratios"][run]["vs always-large"]["request_throughput"]
         assert f"| {run} | {ratio:.2f} |" in text
     assert f"{serving['machine']['cores']} CPU cores" in text and serving["created"] in text
-    test = json.loads((ROOT / "results/calibration/default_mixed-test.json").read_text())
+    test = json.loads((ROOT / "results/calibration/default_mixed_long-test.json").read_text())
     assert f"| cascade | {test['accuracy']:.3f} | {test['quality_loss']:.4f} |" in text
+    long = json.loads((ROOT / "results/deferral-long/summary.json").read_text())
+    deployed = next(c for label, c in long["calibrated"].items() if label.startswith("artifact as deployed"))
+    row = deployed["groups"]["long-form"]
+    assert (f"| **long-form** | {row['n']} | {row['small_accuracy']:.2f} / {row['large_accuracy']:.2f} / "
+            f"{row['accuracy']:.2f} | {row['quality_loss']:.3f} |") in text
+    serving_long = json.loads((ROOT / "results/serving-long/summary.json").read_text())
+    for run in serving_long["runs"]:
+        ratio = serving_long["ratios"][run]["vs always-large"]
+        assert f"| {run} | always-large | {ratio['request_throughput']:.2f} | {ratio['median_ttft_ms']:.2f} |" in text
     assert "no results yet" not in text
 
 
