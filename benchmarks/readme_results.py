@@ -73,14 +73,17 @@ def calibrated_section(test: dict, artifact: dict) -> list[str]:
     return lines
 
 
-def deferral_section(summary: dict) -> list[str]:
+def deferral_section(summary: dict, artifact: dict | None = None) -> list[str]:
     """Every rule against random and the oracle on the mixed workload (the headline rows)."""
     mixed = summary["table"][summary["dataset"]]["rules"]
     chosen = summary["chosen_rule"]
+    current = artifact["policy"]["rules"][0]["name"] if artifact else chosen
+    chosen_note = "(chosen by `make calibrate`)" if current == chosen else \
+        f"(the rule of the default this run was made with; today's default uses `{current}`)"
     best_signal = max(filter(is_single_signal, mixed), key=lambda name: mixed[name]["gain_share"])
     rows = ["oracle", "random", *[n for n in mixed if "reference" in n], chosen, best_signal, "min_logprob",
             *[n for n in mixed if "vsr:" in n]]
-    notes = {chosen: "(chosen by `make calibrate`)", best_signal: "(best single signal)",
+    notes = {chosen: chosen_note, best_signal: "(best single signal)",
              "min_logprob": "(the previous default)"}
     lines = [f"**Deferral rules** (`make bench-deferral`; {summary['n_held_out']} held-out `{summary['dataset']}` "
              f"items; cost relative to always-large at quality loss ≤ {summary['alpha']}):", "",
@@ -215,8 +218,10 @@ def long_form_section(deferral: dict, serving: dict | None) -> list[str]:
     alpha = deferral["alpha"]
     lines = [f"**Long-form requests** (worked reasoning and code, each item with its own system turn and "
              f"`max_tokens`; held-out items of `{deferral['dataset']}`, the default's own per-length-group "
-             f"thresholds; cost relative to always-large, in tokens × price and in engine seconds; quality loss "
-             f"must stay ≤ α = {alpha} per group):", "",
+             f"thresholds; cost relative to always-large, in tokens × price and in engine seconds). The guarantee "
+             f"bounds the quality loss by α = {alpha} in each answer-length group — **long-form** is the long "
+             "group's held-out items, the last row all of them; every other row is one set's figure, which "
+             "a guarantee per length group does not bound:", "",
              "| set | n | accuracy small / large / cascade | quality loss | escalated | skipped | cost (tokens) | "
              "cost (engine s) | oracle at the same loss (engine s) |", "|---|---|---|---|---|---|---|---|---|"]
     if deployed:
@@ -275,7 +280,7 @@ def render(root: Path = ROOT) -> str:
     parts = [
         calibrated_section(test, artifact) if test and artifact else _missing("make calibrate"),
         long_form_section(deferral_long, serving_long) if deferral_long else _missing("make bench-deferral"),
-        deferral_section(deferral) if deferral else _missing("make bench-deferral"),
+        deferral_section(deferral, artifact) if deferral else _missing("make bench-deferral"),
         serving_section(serving) if serving else _missing("make bench-serve"),
         groups_section(groups) if groups else _missing("python benchmarks/groups.py"),
         remote_section(remote) if remote else _missing("python benchmarks/remote_parity.py"),

@@ -15,7 +15,7 @@ def test_results_section_quotes_the_result_files():
     text = readme_results.render(ROOT)
     deferral = json.loads((ROOT / "results/deferral/summary.json").read_text())
     chosen = deferral["table"][deferral["dataset"]]["rules"][deferral["chosen_rule"]]
-    assert f"`{deferral['chosen_rule']}` (chosen by `make calibrate`) | {chosen['gain_share']:.2f} |" in text
+    assert f"`{deferral['chosen_rule']}` (" in text and f") | {chosen['gain_share']:.2f} |" in text
     serving = json.loads((ROOT / "results/serving/summary.json").read_text())
     for run in serving["runs"]:
         ratio = serving["ratios"][run]["vs always-large"]["request_throughput"]
