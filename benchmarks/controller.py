@@ -329,7 +329,7 @@ def measure(server: dict, client, prompts: list[str], concurrency: int, output_l
 def load_prompts(config, n: int, split: str = "held-out") -> list[str]:
     """Prompts of the artifact's calibration workload (the mixed built-in sets), held-out (or
     calibration) items, shuffled and repeated to ``n``."""
-    from vcascade.calibration.datasets import load_dataset
+    from vcascade.calibration.datasets import load_dataset, to_request
     from vcascade.calibration.datasets import split as split_items
     from vcascade.engine.artifact import read_artifact
 
@@ -338,7 +338,7 @@ def load_prompts(config, n: int, split: str = "held-out") -> list[str]:
     if meta.get("n_calibration"):
         calibration, held_out = split_items(items, meta["n_calibration"], meta.get("seed", 0))
         items = calibration if split == "calibration" else held_out
-    prompts = [it.prompt for it in items]
+    prompts = [to_request(it).text for it in items]  # the user turns (long-form items carry messages)
     rng = np.random.default_rng(0)
     prompts = [prompts[i] for i in rng.permutation(len(prompts))]
     return (prompts * (n // len(prompts) + 1))[:n]

@@ -117,7 +117,8 @@ def test_calibrate_with_a_signal_writes_artifact_and_report_then_evaluate(tiny_c
     report = (tmp_path / "art" / "report.md").read_text()
     assert "accept-error" in report and "Price of the guarantee" in report and "Per group" in report
     assert artifact["scope"] == {"endpoint": "chat", "instructions": "cascade", "system_prompt": None,
-                                 "max_tokens": [12, 12], "groups": []}
+                                 "max_tokens": [12, 12], "groups": [], "item_max_tokens": [],
+                                 "tier_budget_calibrated": True, "group_by": None}
     assert (tmp_path / "art" / "deferral_curve.png").stat().st_size > 1000
     policy = load_artifact_policy(out, load_config(tiny_config))
     assert policy.rules[0].name == "mean_logprob" and policy.thresholds == tuple(fit["thresholds"])
