@@ -23,19 +23,22 @@ from .datasets import load_dataset, split, to_request
 
 PER_SOURCE = 3
 LONG_PER_SOURCE = 1
-"""Long-form items (worked reasoning, code: hundreds of tokens each) per long-form source."""
+"""Long-form items (worked reasoning, code: hundreds of tokens each) per kind of long request
+(the item's ``group``: one worked solution, one program), so the demo stays a few minutes."""
 FALLBACK = {"name": "mixed", "n_calibration": 4800, "seed": 0}
 
 
 def demo_items(artifact: dict | None, per_source: int = PER_SOURCE, long_per_source: int = LONG_PER_SOURCE):
     """``per_source`` held-out items of each short-answer source of the artifact's dataset
-    and ``long_per_source`` of each long-form one (items with their own answer budget)."""
+    and ``long_per_source`` of each kind of long-form request (items with their own answer
+    budget, by group: reasoning, code)."""
     meta = artifact["dataset"] if artifact else FALLBACK
     _, held_out = split(load_dataset(meta["name"]), meta["n_calibration"], meta["seed"])
     chosen, counts = [], {}
     for item in held_out:
-        if counts.get(item.source, 0) < (per_source if item.max_tokens is None else long_per_source):
-            counts[item.source] = counts.get(item.source, 0) + 1
+        key = item.source if item.max_tokens is None else ("long", item.group or item.source)
+        if counts.get(key, 0) < (per_source if item.max_tokens is None else long_per_source):
+            counts[key] = counts.get(key, 0) + 1
             chosen.append(item)
     return chosen
 

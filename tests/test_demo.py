@@ -10,17 +10,20 @@ from tests.fakes import result_with_logprobs
 META = {"dataset": {"name": "mixed-long", "n_calibration": 2900, "seed": 0}}
 
 
-def test_demo_takes_held_out_short_items_and_one_item_of_each_long_form_set():
+LONG = ("gsm8k_cot", "math500", "mbpp", "humaneval")
+
+
+def test_demo_takes_held_out_short_items_one_worked_solution_and_one_program():
     items = demo_items(META)
     counts = Counter(item.source for item in items)
-    assert {counts[s] for s in ("gsm8k_cot", "math500", "mbpp", "humaneval")} == {1}
-    assert all(n == 3 for s, n in counts.items() if s not in ("gsm8k_cot", "math500", "mbpp", "humaneval"))
+    assert Counter(item.group for item in items if item.source in LONG) == {"reasoning": 1, "code": 1}
+    assert all(n == 3 for s, n in counts.items() if s not in LONG) and len(items) == 24 + 2
     _, held_out = split(load_dataset("mixed-long"), 2900, 0)
     assert {item.id for item in items} <= {item.id for item in held_out}
 
 
 def test_long_answers_are_shown_by_what_decides_them():
-    items = {item.source: item for item in demo_items(META)}
+    items = {item.source: item for item in demo_items(META, long_per_source=5)}
 
     def answer(text):
         result = result_with_logprobs(text, [-0.1] * 5)
