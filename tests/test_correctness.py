@@ -38,13 +38,12 @@ def test_each_program_runs_once_and_a_reread_comes_from_the_verdict_cache(tmp_pa
 
 
 def test_a_program_that_never_ends_is_wrong_within_its_limit(tmp_path):
-    import time
+    import json
 
-    started = time.perf_counter()
     hang = "```python\ndef add(a, b):\n    while True:\n        pass\n```"
     assert score_answers([hang], [CODE], root=tmp_path) == [False]
-    assert time.perf_counter() - started < 30  # the sandbox's 10 s limit, plus start-up on a busy machine
-    assert '"reason": "timeout"' in correctness.verdict_cache_path(tmp_path).read_text()
+    [verdict] = [json.loads(line) for line in correctness.verdict_cache_path(tmp_path).read_text().splitlines()]
+    assert verdict["reason"] == "timeout" and verdict["seconds"] < 10 + 5  # killed at the sandbox's 10 s limit
 
 
 def test_prompt_and_output_tokens_are_priced_apart_in_the_jobs_costs():

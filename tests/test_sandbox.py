@@ -466,7 +466,7 @@ def test_run_programs_mixes_good_and_bad(no_escape_file):
     start = time.monotonic()
     results = run_programs([p for p, _ in cases], workers=2, timeout_s=1.0, memory_mb=256, max_output_kb=128)
     assert [r.reason for r in results] == [reason for _, reason in cases]
-    assert time.monotonic() - start < 20
+    assert time.monotonic() - start < 45  # the 60 s sleep was killed at its limit, even on a slow CPU
     assert sandbox_processes() == []
 
 
