@@ -40,7 +40,7 @@ def proxy(remote):
 
 
 def remote_tier_dict(endpoint: str, **extra) -> dict:
-    return {"name": "remote-b", "model": "tiny-remote", "endpoint": f"{endpoint}/v1", "timeout_s": 5, "max_retries": 2,
+    return {"name": "remote-b", "model": "tiny-remote", "endpoint": f"{endpoint}/v1", "timeout_s": 30, "max_retries": 2,
             "sampling": {"max_tokens": 12, "logprobs": 5}, **extra}
 
 
