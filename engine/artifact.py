@@ -7,7 +7,11 @@ Schema (JSON, ``schema_version`` 2)::
      "alpha": float, "delta": float | null, "guarantee": {"kind", "statement", ...},
      "tiers": [{"name", "model", "model_hash", "decoding"}, ...],          # cost order
      "policy": {"rules": [rule spec per non-final tier], "thresholds": [...],
-                "skip": skip-rule spec | null, "skip_threshold": float | null},
+                "skip": skip-rule spec | null, "skip_threshold": float | null,
+                "checkpoints": {"tokens": [k_1..k_m], "rules": [prefix rule spec per checkpoint],
+                                "commit": [m], "escalate": [m]} | absent,
+                "groups": {group: {"thresholds", "skip_threshold", "commit", "escalate"}} | absent,
+                "fallback_group": str, "group_by": "length" | absent},
      "selection": {...}, "fit": {...}}
 
 A rule spec is ``{"kind": "signal", "name": ...}`` or a frozen learned rule (see
@@ -29,7 +33,7 @@ from typing import Any, Sequence
 
 from . import hardware, model_store
 from .config import CascadeConfig, EngineTierConfig, RemoteTierConfig, resolve_model
-from .policy import Policy
+from .policy import Checkpoints, Policy
 from .uncertainty.learned import LearnedRuleError, rule_from_spec, skip_from_spec
 
 SCHEMA_VERSION = 2
@@ -171,6 +175,25 @@ def mismatch(artifact: dict[str, Any], config: CascadeConfig, live: Sequence | N
     return None
 
 
+def _floats(values) -> tuple[float, ...]:
+    """Thresholds as written (JSON null = +inf, the threshold that keeps nothing)."""
+    return tuple(math.inf if t is None else float(t) for t in values)
+
+
+def _checkpoints(spec: dict | None, path) -> Checkpoints | None:
+    """The checkpoint block of an artifact's policy (a null threshold is +inf: never commit,
+    or escalate every answer reaching the checkpoint)."""
+    if not spec:
+        return None
+    try:
+        rules = tuple(rule_from_spec(r) for r in spec["rules"])
+        return Checkpoints(tuple(spec["tokens"]), rules, _floats(spec["commit"]), _floats(spec["escalate"]))
+    except LearnedRuleError as err:
+        raise ArtifactError(f"{path}: checkpoint rule: {err}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{path}: malformed policy checkpoints ({err})") from None
+
+
 def policy_from_artifact(artifact: dict[str, Any], path: str | Path = "<artifact>") -> Policy:
     """The certified policy (an infeasible fit has +inf thresholds: always escalate)."""
     spec = artifact["policy"]
@@ -179,19 +202,26 @@ def policy_from_artifact(artifact: dict[str, Any], path: str | Path = "<artifact
         skip = skip_from_spec(spec["skip"]) if spec.get("skip") else None
     except LearnedRuleError as err:
         raise ArtifactError(f"{path}: {err}") from None
-    def floats(values) -> tuple[float, ...]:
-        return tuple(math.inf if t is None else float(t) for t in values)
-
-    thresholds = floats(spec["thresholds"])
+    checkpoints = _checkpoints(spec.get("checkpoints"), path)
+    if checkpoints is not None and len(artifact["tiers"]) != 2:
+        raise ArtifactError(f"{path}: checkpoints are certified for two tiers, the artifact has "
+                            f"{len(artifact['tiers'])}")
+    thresholds = _floats(spec["thresholds"])
     skip_threshold = None if skip is None else float(spec.get("skip_threshold"))
     groups = spec.get("groups") or {}
-    by_group = {name: (floats(g["thresholds"]), None if skip is None else float(g["skip_threshold"]))
-                for name, g in groups.items()}
+    by_group = {}
+    for name, g in groups.items():
+        entry = (_floats(g["thresholds"]), None if skip is None else float(g["skip_threshold"]))
+        if checkpoints is not None:
+            entry += ((_floats(g["commit"]), _floats(g["escalate"])),)
+        by_group[name] = entry
     fallback = spec.get("fallback_group") if groups else None
     if groups:  # the top-level thresholds are the fallback group's
-        thresholds, skip_threshold = by_group[fallback]
+        thresholds, skip_threshold, *checkpointed = by_group[fallback]
+        if checkpointed:
+            checkpoints = checkpoints.with_thresholds(*checkpointed[0])
     return Policy(rules, thresholds, skip, skip_threshold, by_group, fallback,
-                  spec.get("group_by") if groups else None)
+                  spec.get("group_by") if groups else None, checkpoints)
 
 
 def load_artifact_policy(path: str | Path, config: CascadeConfig, force: bool = False) -> Policy:

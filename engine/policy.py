@@ -16,6 +16,15 @@ with ``group_by == "length"``, a fixed function of the request itself (``length_
 "long" when it asks for a larger answer budget than the tiers' configured one, else
 "short"). A group function fixed before calibration keeps Mondrian validity per group,
 and clients need not name anything.
+
+A checkpointed policy (``checkpoints``) also decides *inside* tier 0's answer, at fixed
+token counts k_1 < … < k_m: at each checkpoint the answer so far is scored by that
+checkpoint's prefix rule and the request escalates now (tier 0's generation is aborted),
+commits (tier 0's answer is kept and streams on; it can no longer escalate) or continues;
+an answer that never commits is decided by the end rule as above. The commit and escalate
+thresholds, the end threshold and the skip threshold are one configuration certified
+together (``calibration.conformal.checkpoints``: fixed-sequence Learn-then-Test along a
+path fixed before calibration).
 """
 
 from __future__ import annotations
@@ -28,6 +37,60 @@ from .types import Request
 from .uncertainty.rules import Rule, SignalRule, SkipRule
 
 LENGTH_GROUPS = ("short", "long")
+CHECKPOINT_DECISIONS = ("escalate", "commit", "continue")
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """Mid-generation decisions in tier 0's answer.
+
+    ``tokens`` (m,) strictly increasing token counts >= 1; ``rules`` (m,) the prefix rule
+    scoring the first ``tokens[j]`` tokens; ``commit`` and ``escalate`` (m,) thresholds. At
+    checkpoint j: escalate when ``score < escalate[j]`` (checked first, the safe side when
+    the bands overlap), else commit when ``score >= commit[j]``, else continue.
+    ``commit[j] = +inf`` never commits at j; ``escalate[j] = -inf`` never escalates there.
+    """
+
+    tokens: tuple[int, ...]
+    rules: tuple[Rule, ...]
+    commit: tuple[float, ...]
+    escalate: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        tokens = tuple(int(k) for k in self.tokens)
+        object.__setattr__(self, "tokens", tokens)
+        object.__setattr__(self, "rules", tuple(self.rules))
+        object.__setattr__(self, "commit", tuple(float(t) for t in self.commit))
+        object.__setattr__(self, "escalate", tuple(float(t) for t in self.escalate))
+        if not tokens or tokens[0] < 1 or any(b <= a for a, b in zip(tokens, tokens[1:])):
+            raise ValueError(f"checkpoints must be strictly increasing token counts >= 1, got {list(tokens)}")
+        for name, values in (("rules", self.rules), ("commit", self.commit), ("escalate", self.escalate)):
+            if len(values) != len(tokens):
+                raise ValueError(f"{len(values)} checkpoint {name} for {len(tokens)} checkpoints")
+        if any(math.isnan(t) for t in self.commit + self.escalate):
+            raise ValueError("checkpoint thresholds must not be NaN")
+        if any(r.needs_samples for r in self.rules):
+            raise ValueError("a prefix rule cannot read sampled answers: a prefix has none")
+
+    def decide(self, j: int, score: float) -> str:
+        """``"escalate"``, ``"commit"`` or ``"continue"`` at checkpoint ``j`` for ``score``."""
+        if score < self.escalate[j]:
+            return "escalate"
+        if score >= self.commit[j]:
+            return "commit"
+        return "continue"
+
+    def with_thresholds(self, commit, escalate) -> "Checkpoints":
+        return replace(self, commit=tuple(commit), escalate=tuple(escalate))
+
+    def describe(self) -> str:
+        """One line: each checkpoint's escalate and commit bands."""
+        def band(value: float, never: float, word: str) -> str:
+            return "never" if value == never else ("every answer" if math.isinf(value) else f"{word} {value:.3g}")
+
+        return "checkpoints " + "; ".join(
+            f"{k} tokens: escalate {band(e, -math.inf, '<')}, commit {band(c, math.inf, '>=')}"
+            for k, c, e in zip(self.tokens, self.commit, self.escalate))
 
 
 def length_group(max_tokens: int | None, budget: int) -> str:
@@ -44,10 +107,14 @@ class Policy:
     thresholds: tuple[float, ...]
     skip: SkipRule | None = None
     skip_threshold: float | None = None
-    by_group: Mapping[str, tuple[tuple[float, ...], float | None]] = field(default_factory=dict)
+    by_group: Mapping[str, tuple] = field(default_factory=dict)
+    """group -> ``(thresholds, skip_threshold)``, with ``(commit, escalate)`` as a third entry
+    when the policy has checkpoints."""
     fallback_group: str | None = None
     group_by: str | None = None
     """``"length"``: a request's group is ``length_group(request)``; otherwise the client names it."""
+    checkpoints: Checkpoints | None = None
+    """Mid-generation decisions in tier 0's answer (``None``: decide at the end only)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
@@ -72,9 +139,12 @@ class Policy:
             return self, None, True
         known = group in self.by_group
         name = group if known else self.fallback_group
-        thresholds, skip_threshold = self.by_group[name]
+        thresholds, skip_threshold, *checkpointed = self.by_group[name]
+        checkpoints = self.checkpoints
+        if checkpoints is not None and checkpointed:
+            checkpoints = checkpoints.with_thresholds(*checkpointed[0])
         return replace(self, thresholds=tuple(thresholds), skip_threshold=skip_threshold, by_group={},
-                       fallback_group=None, group_by=None), name, known
+                       fallback_group=None, group_by=None, checkpoints=checkpoints), name, known
 
     @classmethod
     def from_signal(cls, signal: str, thresholds) -> "Policy":
@@ -84,13 +154,16 @@ class Policy:
 
     @property
     def needs_embedding(self) -> bool:
-        return any(r.needs_embedding for r in self.rules) or bool(self.skip and self.skip.needs_embedding)
+        rules = self.rules + (self.checkpoints.rules if self.checkpoints else ())
+        return any(r.needs_embedding for r in rules) or bool(self.skip and self.skip.needs_embedding)
 
     def describe(self) -> str:
         """One line for people: each tier's rule and threshold, and the skip."""
         parts = [f"tier {i}: {r.name} >= {t:.4g}" for i, (r, t) in enumerate(zip(self.rules, self.thresholds))]
         if self.skip is not None:
             parts.append(f"skip tier 0 when {self.skip.name} < {self.skip_threshold:.4g}")
+        if self.checkpoints is not None:
+            parts.append(f"tier 0 {self.checkpoints.describe()}")
         if self.by_group:
             parts.append(f"per-group thresholds for {len(self.by_group)} groups (shown: {self.fallback_group}, "
                          "the fallback for unknown groups)")

@@ -35,7 +35,7 @@ def tier_totals(answers: Sequence[Answer], tier_seconds: dict[str, float]) -> di
                 t.skipped += 1
                 continue
             t.requests += 1
-            t.answered += step.decision in ("accept", "final")
+            t.answered += step.decision in ("accept", "commit", "final")
             t.prompt_tokens += step.prompt_tokens
             t.completion_tokens += step.completion_tokens
     for name, seconds in tier_seconds.items():
@@ -53,6 +53,8 @@ def trace_lines(answer: Answer) -> list[str]:
     for step in answer.trace:
         threshold = "-" if step.threshold is None else f"{step.threshold:.3f}"
         extra = f" [{step.detail}]" if step.detail else ""
+        if step.checkpoint:
+            extra += f" at {step.checkpoint} tokens"
         lines.append(f"  [{step.tier}] score={format_score(step.score)} threshold={threshold} -> {step.decision} "
                      f"({step.completion_tokens} tokens, {step.seconds:.2f}s){extra}")
     return lines

@@ -126,11 +126,13 @@ class TierResult:
         return cls(**{**data, "samples": samples, "top_logprobs": top})
 
 
-DECISIONS = ("accept", "escalate", "final", "skip", "error")
-"""``accept``: a non-final tier keeps its answer; ``escalate``: its score is below the
-threshold; ``final``: the last tier allowed answers; ``skip``: the pre-generation score sent
-the request past this tier without generating; ``error``: the tier failed and the config
-let the cascade answer with an earlier tier."""
+DECISIONS = ("accept", "commit", "escalate", "final", "skip", "error")
+"""``accept``: a non-final tier keeps its finished answer; ``commit``: it keeps its answer at a
+checkpoint, mid-generation (the rest streams as it is decoded); ``escalate``: its score is
+below the threshold (at a checkpoint: tier 0's generation is aborted there); ``final``: the
+last tier allowed answers; ``skip``: the pre-generation score sent the request past this tier
+without generating; ``error``: the tier failed and the config let the cascade answer with an
+earlier tier."""
 
 
 @dataclass
@@ -139,7 +141,9 @@ class TraceStep:
 
     ``score`` is the tier's rule score (``None`` for a tier without a rule: the last one);
     ``seconds`` is the wall time the request spent at this tier (0 for a skip);
-    ``detail`` carries an error message or the skip rule's name.
+    ``detail`` carries an error message or the skip rule's name; ``checkpoint`` is the number
+    of the tier's tokens the decision was taken at: 0 for a skip (before generating), k for a
+    mid-generation commit or escalation at checkpoint k, ``None`` at the end of the answer.
     """
 
     tier: str
@@ -150,6 +154,7 @@ class TraceStep:
     completion_tokens: int
     seconds: float
     detail: str | None = None
+    checkpoint: int | None = None
 
 
 def escalated(tier: str, trace: list[TraceStep]) -> bool:

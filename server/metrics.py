@@ -62,6 +62,10 @@ class Metrics:
         self.answers = Counter("vcascade:answers", "Answers per answering tier", ["model_name", "tier"], registry=r)
         self.escalations = Counter("vcascade:escalations", "Requests escalated from a tier", ["tier"], registry=r)
         self.skips = Counter("vcascade:skips", "Requests that skipped a tier before generating", ["tier"], registry=r)
+        self.decisions = Counter("vcascade:decisions", "Decisions at non-final tiers by kind and by where they were "
+                                 "taken: checkpoint '0' before generating (skip), 'k' after k tokens (mid-generation "
+                                 "commit or escalation), 'end' on the finished answer",
+                                 ["tier", "decision", "checkpoint"], registry=r)
         self.score = Histogram("vcascade:confidence_score", "Rule score of each tier's answer", ["tier"],
                                buckets=(-20, -10, -5, -3, -2, -1.5, -1, -0.75, -0.5, -0.25, -0.1, 0, 0.1, 0.25, 0.5,
                                         0.75, 0.9, 1.0), registry=r)
@@ -97,6 +101,9 @@ class Metrics:
             self.out_of_scope.labels(model_name, reason).inc()
         self.answers.labels(model_name, answer.tier).inc()
         for step in answer.trace:
+            if step.decision in ("accept", "commit", "escalate", "skip"):
+                where = "end" if step.checkpoint is None else str(step.checkpoint)  # the artifact's few checkpoints
+                self.decisions.labels(step.tier, step.decision, where).inc()
             if step.decision == "skip":
                 self.skips.labels(step.tier).inc()
                 continue

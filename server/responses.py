@@ -35,7 +35,7 @@ class Shape:
 def decisive_step(trace: Sequence[TraceStep]) -> TraceStep | None:
     """The last step a rule scored (the accept, escalate or skip that decided), if any."""
     for step in reversed(trace):
-        if step.score is not None and step.decision in ("accept", "escalate", "final", "skip"):
+        if step.score is not None and step.decision in ("accept", "commit", "escalate", "final", "skip"):
             return step
     return None
 
@@ -57,7 +57,7 @@ def cascade_info(answer: Answer, models: dict[str, str]) -> CascadeInfo:
     steps = [TraceEntry(tier=s.tier, model=models[s.tier], score=_finite(s.score), threshold=_finite(s.threshold),
                         decision=s.decision,
                         prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens, seconds=s.seconds,
-                        detail=s.detail) for s in answer.trace]
+                        detail=s.detail, checkpoint=s.checkpoint) for s in answer.trace]
     step = decisive_step(answer.trace)
     return CascadeInfo(tier=answer.tier, tier_index=answer.tier_index, model=models[answer.tier],
                        score=None if step is None else _finite(step.score),

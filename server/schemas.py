@@ -149,6 +149,9 @@ class TraceEntry(BaseModel):
     completion_tokens: int
     seconds: float
     detail: str | None = None
+    checkpoint: int | None = None
+    """Tokens of this tier's answer when the decision was taken: 0 a skip, k a commit or
+    escalation at checkpoint k (mid-generation), null at the end of the answer."""
 
 
 class CascadeInfo(BaseModel):

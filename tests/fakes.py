@@ -35,14 +35,20 @@ def result_with_logprobs(text: str, logprobs: Sequence[float], seconds: float = 
 
 
 class ScriptedBackend:
-    """Streams each scripted answer one token per chunk after ``delay`` seconds; ``fail``
-    makes every request raise ``TierUnavailableError``."""
+    """Streams each scripted answer after ``delay`` seconds, ``chunk_tokens`` tokens per chunk
+    and ``token_delay`` seconds per chunk; ``fail`` makes every request raise
+    ``TierUnavailableError``. ``produced[prompt]`` counts the tokens streamed so far and
+    ``aborted`` lists the prompts whose stream was closed before its last token (an engine
+    abort)."""
 
     def __init__(self, name: str, script: dict[str, tuple[str, Sequence[float]]], delay: float = 0.0,
-                 fail: bool = False):
+                 fail: bool = False, token_delay: float = 0.0, chunk_tokens: int = 1):
         self.name, self.script, self.delay, self.fail = name, script, delay, fail
+        self.token_delay, self.chunk_tokens = token_delay, chunk_tokens
         self.max_model_len = 512
         self.received: list[str] = []
+        self.produced: dict[str, int] = {}
+        self.aborted: list[str] = []
 
     async def stream(self, request: Request, decoding):
         self.received.append(request.text)
@@ -52,11 +58,23 @@ class ScriptedBackend:
         text, logprobs = self.script[request.text]
         pieces = [text[: len(text) // 2], text[len(text) // 2 :]] if len(logprobs) == 2 else [text] + [""] * (
             len(logprobs) - 1)
-        for i, lp in enumerate(logprobs):
-            yield Chunk(text=pieces[i] if i < len(pieces) else "", token_ids=[i], tokens=[f"t{i}"],
-                        token_logprobs=[lp], top_logprobs=[[(f"t{i}", lp), (f"alt{i}", SECOND)]],
-                        finish_reason="stop" if i == len(logprobs) - 1 else None,
-                        prompt_tokens=7 if i == 0 else None)
+        self.produced[request.text] = 0
+        finished = False
+        try:
+            for first in range(0, len(logprobs), self.chunk_tokens):
+                if first and self.token_delay:
+                    await asyncio.sleep(self.token_delay)
+                span = range(first, min(first + self.chunk_tokens, len(logprobs)))
+                self.produced[request.text] = span[-1] + 1
+                finished = span[-1] == len(logprobs) - 1
+                yield Chunk(text="".join(pieces[i] if i < len(pieces) else "" for i in span),
+                            token_ids=list(span), tokens=[f"t{i}" for i in span],
+                            token_logprobs=[logprobs[i] for i in span],
+                            top_logprobs=[[(f"t{i}", logprobs[i]), (f"alt{i}", SECOND)] for i in span],
+                            finish_reason="stop" if finished else None, prompt_tokens=7 if first == 0 else None)
+        finally:
+            if not finished:
+                self.aborted.append(request.text)
 
     async def sample(self, request: Request, decoding, n: int) -> list[Sample]:
         text, logprobs = self.script[request.text]
@@ -73,6 +91,7 @@ class ScriptedBackend:
 
 
 def scripted_tier(name: str, script: dict[str, tuple[str, Sequence[float]]], delay: float = 0.0, fail: bool = False,
-                  **config) -> Tier:
-    tier_config = EngineTierConfig(name=name, model=f"/models/{name}", sampling=SamplingConfig(max_tokens=8), **config)
-    return Tier(tier_config, ScriptedBackend(name, script, delay, fail))
+                  token_delay: float = 0.0, chunk_tokens: int = 1, max_tokens: int = 8, **config) -> Tier:
+    tier_config = EngineTierConfig(name=name, model=f"/models/{name}", sampling=SamplingConfig(max_tokens=max_tokens),
+                                   **config)
+    return Tier(tier_config, ScriptedBackend(name, script, delay, fail, token_delay, chunk_tokens))

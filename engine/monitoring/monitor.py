@@ -25,6 +25,11 @@ number of tests this monitor runs, each gets ε / m (a union bound: P(any false 
 * ``served_risk`` (with feedback): a confidence sequence on the risk of the artifact's
   target among labelled answers; alarm when its lower bound exceeds α.
 
+With a checkpointed policy (mid-generation commits and escalations in tier 0's answer) only
+``skip_score`` and ``served_risk`` run: tier 0's end rule then sees only the answers that
+neither committed nor escalated early, a selected subset the calibration's end scores do
+not describe, and the rates and audits of the end-only routing are not the deployed ones.
+
 Under exchangeability of calibration items and served traffic every test but
 ``served_risk`` has false-alarm probability at most its share (up to one approximation: the
 calibration items that reached tier k > 0, or tier 0 past a skip rule, were selected with
@@ -79,7 +84,7 @@ class Decision:
         for step in answer.trace:
             if step.decision == "skip":
                 skipped, skip_score = True, step.score
-            elif step.decision in ("accept", "escalate") and step.score is not None:
+            elif step.decision in ("accept", "escalate") and step.score is not None and step.checkpoint is None:
                 scores[index[step.tier]] = float(step.score)
         return cls(in_scope=answer.in_scope, answered=answer.tier_index, skipped=skipped, skip_score=skip_score,
                    scores=scores, group=answer.group)
@@ -183,12 +188,13 @@ class Monitor:
         streams: list[tuple[str, np.ndarray, Any]] = []
         if has_skip:
             streams.append(("skip_score", ref.skip_scores, None))
-        for k in range(ref.n_tiers - 1):
+        for k in range(1 if ref.checkpointed else 0, ref.n_tiers - 1):
             mask = ref.reached(k)
             if mask.sum() >= MIN_REFERENCE:
                 streams.append((f"score:{self.tier_names[k]}", ref.scores[mask, k], k))
-        rates = [] if ref.grouped else [("acceptance_rate", 1 + has_skip)] + ([("skip_rate", 1)] if has_skip else [])
-        audit = audit_share > 0 and ref.disagree is not None and ref.kept.any() and not ref.grouped
+        end_only = not ref.grouped and not ref.checkpointed
+        rates = [("acceptance_rate", 1 + has_skip)] + ([("skip_rate", 1)] if has_skip else []) if end_only else []
+        audit = audit_share > 0 and ref.disagree is not None and ref.kept.any() and end_only
         served = feedback and target is not None and alpha is not None
         self.n_tests = len(streams) + len(rates) + int(audit) + int(served)
         self.test_level = alarm_level / max(1, self.n_tests)

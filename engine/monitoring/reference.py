@@ -120,7 +120,10 @@ class Reference:
 
     ``scores`` (n, K-1), ``skip_scores`` (n,) or None, ``groups`` (n,) or None,
     ``disagree`` (n, K-1) bool or None; ``answered`` (n,) and ``skipped`` (n,) under
-    ``policy``; ``grouped`` when the policy has per-group thresholds.
+    ``policy``; ``grouped`` when the policy has per-group thresholds; ``checkpointed`` when
+    it decides mid-generation (``engine.policy.Checkpoints``): the stored end scores and the
+    end-only routing then do not describe what reaches tier 0's end rule or who keeps an
+    answer, so the monitor runs only the tests that do not depend on them.
     """
 
     scores: np.ndarray
@@ -133,6 +136,7 @@ class Reference:
     thresholds: tuple[float, ...]
     skip_threshold: float | None
     figures: dict[str, Any]
+    checkpointed: bool = False
 
     @classmethod
     def build(cls, scores, skip_scores, policy, groups=None, disagree=None, figures=None) -> "Reference":
@@ -159,7 +163,7 @@ class Reference:
                                                   sub_skip)
         dis = None if disagree is None else np.asarray(disagree, dtype=bool).reshape(scores.shape)
         return cls(scores, skip, labels, dis, answered, skipped, grouped, tuple(policy.thresholds), skip_threshold,
-                   dict(figures or {}))
+                   dict(figures or {}), getattr(policy, "checkpoints", None) is not None)
 
     @classmethod
     def from_artifact(cls, artifact: dict[str, Any], policy) -> "Reference":
