@@ -813,8 +813,82 @@ def select_family(train: CheckpointData, target: str, alpha: float, delta: float
 # ---------------------------------------------------------------- figures
 
 
-def checkpoint_figures(data: CheckpointData, config: CheckpointConfig, early_tokens: int = 32) -> dict:
+def route_groups(data: CheckpointData, groups, configs, fallback: str | None = None) -> Routing:
+    """Route every item by its group's configuration, as a per-group policy is served.
+
+    Parameters
+    ----------
+    data : CheckpointData, n items
+    groups : array, shape (n,) — each item's group label (used as strings)
+    configs : mapping group -> CheckpointConfig (all with the data's checkpoints)
+    fallback : the group whose configuration serves labels without one (None: every
+        label must have a configuration)
+
+    Returns
+    -------
+    Routing, per item (shape (n,)), each item routed by ``route`` under its group's
+    configuration.
+    """
+    labels = np.asarray(groups).astype(str)
+    if labels.shape != (data.n,):
+        raise ValueError(f"groups must have shape ({data.n},), got {labels.shape}")
+    n = data.n
+    decision, stage = np.empty(n, dtype=np.int8), np.empty(n, dtype=np.int64)
+    tokens, wasted = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    kept, cost = np.empty(n, dtype=bool), np.empty(n, dtype=np.float64)
+    for label in np.unique(labels):
+        if label in configs:
+            config = configs[label]
+        elif fallback is not None:
+            config = configs[fallback]
+        else:
+            raise ValueError(f"no configuration for group {label!r} and no fallback group")
+        idx = np.flatnonzero(labels == label)
+        r = route(data.subset(idx), config)
+        decision[idx], stage[idx], tokens[idx] = r.decision, r.stage, r.tokens
+        kept[idx], cost[idx], wasted[idx] = r.kept, r.cost, r.wasted
+    return Routing(decision, stage, tokens, kept, cost, wasted)
+
+
+def _routed(data: CheckpointData, config, groups, fallback) -> tuple[Routing, Routing]:
+    """(routing of ``config``, routing of its end-only counterpart): one configuration, or a
+    mapping group -> configuration with ``groups`` (n,) labels."""
+    if isinstance(config, CheckpointConfig):
+        return route(data, config), route(data, CheckpointConfig.end_only(config.checkpoints, config.end,
+                                                                          config.skip))
+    if groups is None:
+        raise ValueError("per-group configurations need the items' group labels")
+    end_only = {g: CheckpointConfig.end_only(c.checkpoints, c.end, c.skip) for g, c in config.items()}
+    return route_groups(data, groups, config, fallback), route_groups(data, groups, end_only, fallback)
+
+
+def _escalation_figures(data: CheckpointData, r: Routing, early_tokens: int) -> dict:
+    small, large = data.correct[:, 0], data.correct[:, 1]
+    escalated = ~r.kept
+    n_esc = int(escalated.sum())
+    return {
+        "quality_loss": float((r.kept & ~small & large).mean()),
+        "accept_error": float((r.kept & ~small).mean()),
+        "escalated": float(escalated.mean()),
+        "escalated_early_share": float((escalated & (r.tokens <= early_tokens)).sum() / n_esc) if n_esc else 0.0,
+        "wasted_tokens_total": int(r.wasted.sum()),
+        "wasted_tokens_mean": float(r.wasted.sum() / n_esc) if n_esc else 0.0,
+        "wasted_tokens_per_item": float(r.wasted.mean()),
+        "cost_ratio": float(r.cost.mean() / data.large_costs.mean()),
+    }
+
+
+def checkpoint_figures(data: CheckpointData, config, early_tokens: int = 32, groups=None,
+                       fallback: str | None = None) -> dict:
     """Realized figures of ``config`` on labelled items (JSON-ready).
+
+    Parameters
+    ----------
+    data : CheckpointData, n items
+    config : a CheckpointConfig for every item, or a mapping group -> CheckpointConfig
+        (a per-group policy) with ``groups`` (n,) labels and optionally ``fallback``
+        (``route_groups``)
+    early_tokens : the token limit of ``escalated_early_share``
 
     Returns
     -------
@@ -828,16 +902,14 @@ def checkpoint_figures(data: CheckpointData, config: CheckpointConfig, early_tok
         ``wasted_tokens_per_item``: small-tier tokens generated for escalated requests;
         ``cost_ratio`` (mean cost / mean cost of always calling the large tier);
         ``cost_ratio_end_only``: the same end and skip thresholds without mid-generation
-        decisions, for contrast; ``decisions``: counts per stage — ``skip``, one entry per
+        decisions, for contrast, and ``end_only``: that policy's ``quality_loss``,
+        ``accept_error``, ``escalated``, ``escalated_early_share``, wasted tokens and
+        ``cost_ratio``; ``decisions``: counts per stage — ``skip``, one entry per
         checkpoint (``"8"``: commit / escalate / continue), ``end`` (keep / escalate).
     """
-    r = route(data, config)
+    r, end_only = _routed(data, config, groups, fallback)
     small, large = data.correct[:, 0], data.correct[:, 1]
     right = np.where(r.kept, small, large)
-    escalated = ~r.kept
-    n_esc = int(escalated.sum())
-    large_mean = float(data.large_costs.mean())
-    end_only = route(data, CheckpointConfig.end_only(config.checkpoints, config.end, config.skip))
     decisions: dict[str, dict] = {"skip": {"escalate": int((r.decision == SKIP).sum())}}
     for j, k in enumerate(data.checkpoints):
         here = r.stage == j + 1
@@ -848,25 +920,28 @@ def checkpoint_figures(data: CheckpointData, config: CheckpointConfig, early_tok
     decisions["end"] = {"keep": int((r.decision == END_KEEP).sum()),
                         "escalate": int((r.decision == END_ESCALATE).sum())}
     kept_n = int(r.kept.sum())
+    mine = _escalation_figures(data, r, early_tokens)
+    contrast = _escalation_figures(data, end_only, early_tokens)
     return {
         "n": data.n,
-        "quality_loss": float((r.kept & ~small & large).mean()),
-        "accept_error": float((r.kept & ~small).mean()),
+        "quality_loss": mine["quality_loss"],
+        "accept_error": mine["accept_error"],
         "selective_error": float((r.kept & ~small).sum() / kept_n) if kept_n else 0.0,
         "accuracy": float(right.mean()),
         "small_accuracy": float(small.mean()),
         "large_accuracy": float(large.mean()),
         "kept": float(r.kept.mean()),
         "committed": float((r.decision == COMMIT).mean()),
-        "escalated": float(escalated.mean()),
+        "escalated": mine["escalated"],
         "skipped": float((r.decision == SKIP).mean()),
-        "escalated_early_share": float((escalated & (r.tokens <= early_tokens)).sum() / n_esc) if n_esc else 0.0,
+        "escalated_early_share": mine["escalated_early_share"],
         "early_tokens": int(early_tokens),
-        "wasted_tokens_total": int(r.wasted.sum()),
-        "wasted_tokens_mean": float(r.wasted.sum() / n_esc) if n_esc else 0.0,
-        "wasted_tokens_per_item": float(r.wasted.mean()),
-        "cost_ratio": float(r.cost.mean() / large_mean),
-        "cost_ratio_end_only": float(end_only.cost.mean() / large_mean),
+        "wasted_tokens_total": mine["wasted_tokens_total"],
+        "wasted_tokens_mean": mine["wasted_tokens_mean"],
+        "wasted_tokens_per_item": mine["wasted_tokens_per_item"],
+        "cost_ratio": mine["cost_ratio"],
+        "cost_ratio_end_only": contrast["cost_ratio"],
+        "end_only": contrast,
         "decisions": decisions,
     }
 
@@ -874,6 +949,6 @@ def checkpoint_figures(data: CheckpointData, config: CheckpointConfig, early_tok
 __all__ = [
     "DECISION_KINDS", "FIT_TARGETS", "SELECTIONS", "CheckpointConfig", "CheckpointData", "CheckpointFamily",
     "CheckpointFit", "Routing", "checkpoint_family", "checkpoint_figures", "checkpoint_losses", "fit_checkpoints",
-    "fit_checkpoints_naive", "item_losses", "path_costs", "path_counts", "path_routing", "route", "select_family",
-    "token_costs", "verify_checkpoint_certificate",
+    "fit_checkpoints_naive", "item_losses", "path_costs", "path_counts", "path_routing", "route", "route_groups",
+    "select_family", "token_costs", "verify_checkpoint_certificate",
 ]
