@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 import sys
@@ -21,9 +22,14 @@ from vcascade.engine.uncertainty.signals import SAMPLING_SIGNALS, get_signal
 
 from .conformal import (DEFAULT_DELTA, DELTA_SPLITS, P_VALUES, TARGETS, check_fittable, check_level,
                         conditional_quality_loss, fit_groups, fit_thresholds, price_of_guarantee)
+from .checkpointing import (DEFAULT_CHECKPOINTS, PrefixRules, calibrate_checkpoints, check_checkpointable,
+                            checkpoint_data, deployed_configs, format_checkpoint_table, parse_checkpoints,
+                            policy_section, small_price)
+from .conformal.checkpoints import SKIP, route, route_groups
 from .datasets import GROUP_FIELDS, dataset_fingerprint, group_of, load_dataset, split
 from .embeddings import prompt_embeddings
-from .evaluation import breakdown, evaluate_policy, format_evaluation, format_groups, group_table
+from .evaluation import (breakdown, evaluate_checkpointed, evaluate_policy, format_checkpointed, format_evaluation,
+                         format_groups, group_table, read_timing, seconds_costs)
 from .from_log import dataset_from_log
 from .job import calibration_data, collect, token_costs
 from .monitoring import monitor_reference
@@ -100,6 +106,9 @@ def cmd_calibrate(args) -> int:
     check_level("alpha", args.alpha)
     delta = parse_delta(args.delta)
     config = load_config(args.config)
+    checkpoints = parse_checkpoints(args.checkpoints) if args.checkpoints else None
+    if checkpoints:
+        check_checkpointable(len(config.tiers), args.target, delta, args.signal)
     if args.signal:
         get_signal(args.signal)
         if args.signal in SAMPLING_SIGNALS and any(t.samples is None for t in config.tiers[:-1]):
@@ -131,6 +140,14 @@ def cmd_calibrate(args) -> int:
                                  seed=args.seed, skip=not args.no_skip, groups=groups)
         rules, skip = selection.rules, selection.skip
         fit_index = splits.calibrate
+    checkpointed = None
+    if checkpoints:
+        print(f"training prefix rules at {', '.join(map(str, checkpoints))} tokens (train split), fixing the "
+              "checkpoint path (select split), fitting it (calibrate split)", file=sys.stderr)
+        checkpointed = calibrate_checkpoints(config, records, items, splits, embeddings, costs, rules[0], skip,
+                                             args.target, args.alpha, delta, groups=groups,
+                                             delta_split=args.delta_split, checkpoints=checkpoints,
+                                             p_value_kind=args.p_value, seed=args.seed)
     fit_items = [items[i] for i in fit_index]
     data = calibration_data(config, _subset(records, fit_items), fit_items, rules, skip,
                             None if embeddings is None else embeddings[fit_index], costs[fit_index])
@@ -156,6 +173,10 @@ def cmd_calibrate(args) -> int:
             guarantee["statement"] += (f"; for this single calibration, {spread['share_above_alpha']:.0%} of "
                                        "bootstrap resamples land above α and their 90th percentile risk is "
                                        f"{spread['risk_q90']:.4f}")
+    if checkpointed is not None:  # the deployed policy is the checkpointed one; the end-only fit is a comparison
+        guarantee = dict(checkpointed.policy.guarantee)
+        fit_record["checkpoints"] = checkpointed.policy.fit_record(checkpointed.prefix)
+        fit_record["deployed"] = "checkpoints"
     guarantee["assumption"] = "calibration items and served traffic are exchangeable (within each group)" \
         if grouped else "calibration items and served traffic are exchangeable"
     guarantee["scope"] = "requests of the calibrated shape only (see the artifact's 'scope'); every answer " \
@@ -168,6 +189,13 @@ def cmd_calibrate(args) -> int:
         policy["fallback_group"] = grouped.conservative_group
         if args.group_by == "length":
             policy["group_by"] = "length"
+    routed = None
+    if checkpointed is not None:
+        policy = policy_section(checkpointed.policy, checkpointed.prefix, rules[0], skip, args.group_by)
+        cp = checkpointed.policy
+        r = (route_groups(checkpointed.data, checkpointed.labels, cp.configs, cp.fallback_group) if cp.grouped
+             else route(checkpointed.data, cp.config))
+        routed = (np.where(r.kept, 0, 1), r.decision == SKIP)
     artifact = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -186,11 +214,14 @@ def cmd_calibrate(args) -> int:
                                                      "skip": selection.skip_table},
         "price_of_guarantee": price,
         "fit": fit_record,
-        "monitor": monitor_reference(config, _subset(records, fit_items), fit_items, data, fit, grouped, labels),
+        "monitor": monitor_reference(config, _subset(records, fit_items), fit_items, data, fit, grouped, labels,
+                                     routed),
         "figures": {"conditional_quality_loss": conditional_quality_loss(data, fit.config) if not grouped else None,
                     "groups": group_table(data, labels or [group_of(i) for i in fit_items], grouped or fit.config,
                                           args.target)},
     }
+    if checkpointed is not None:
+        artifact["figures"]["checkpoints"] = checkpointed.figures()
     if served_labels is not None:
         artifact["labels"] = served_labels
         guarantee["statement"] += f"; {served_labels['statement']}"
@@ -216,8 +247,29 @@ def cmd_calibrate(args) -> int:
         print(f"empirical risk {fit.empirical_risk:.4f}, bound {fit.risk_bound:.4f}; answered by "
               f"{dict(zip(names, (round(a, 3) for a in fit.acceptance)))}"
               + (f", skipped {fit.skipped:.1%}" if skip else "") + f"; cost vs always-{names[-1]} {fit.cost_ratio:.2f}")
+    if checkpointed is not None:
+        _print_checkpoints(checkpointed, artifact, grouped, fit, args)
     print(f"artifact: {out}\nreport:   {report}")
     return 0
+
+
+def _print_checkpoints(checkpointed, artifact: dict, grouped, fit, args) -> None:
+    """The checkpointed policy in a few lines: feasibility, the guarantee, the table."""
+    cp, prefix = checkpointed.policy, checkpointed.prefix
+    infeasible = [g for g, f in cp.fits.items() if not f.feasible]
+    verdict = ("feasible" + (" in every group" if cp.grouped else "")) if not infeasible else \
+        f"INFEASIBLE in {', '.join(infeasible)}: always escalate there"
+    dropped = "; dropped " + ", ".join(f"{d['tokens']} ({d['reason']})" for d in prefix.dropped) \
+        if prefix.dropped else ""
+    print(f"checkpointed policy (deployed), checkpoints {list(prefix.checkpoints)} tokens{dropped}: {verdict}")
+    if grouped:
+        end_only_fit = {g: row["cost_ratio"] for g, row in artifact["figures"]["groups"].items()}
+        end_only_fit["pooled"] = grouped.pooled["cost_ratio"]
+    else:
+        end_only_fit = {"all": fit.cost_ratio}
+    print("calibration split; cost vs always-largest: checkpointed, end-only with the same end/skip thresholds, "
+          "the certified end-only fit ('e-o fit'); per checkpoint the shares committed / escalated there:")
+    print(format_checkpoint_table(artifact["figures"]["checkpoints"], args.alpha, args.target, end_only_fit))
 
 
 def _verdict(grouped, fit) -> str:
@@ -248,8 +300,13 @@ def cmd_evaluate(args) -> int:
         items = items[: args.n]
     if not items:
         raise ValueError(f"no items to evaluate in split {args.split!r}")
+    prefix = PrefixRules.from_policy(artifact["policy"]) if artifact["policy"].get("checkpoints") else None
+    if prefix is not None:
+        check_checkpointable(len(config.tiers), artifact["target"], artifact["delta"])
+    timing = read_timing(args.timing_from, [t.name for t in config.tiers]) if args.timing_from else None
     records = collect(config, items, batch_size=args.batch_size)
-    embeddings = prompt_embeddings(items) if policy.needs_embedding else None
+    needs_embedding = policy.needs_embedding or (prefix is not None and prefix.needs_embedding)
+    embeddings = prompt_embeddings(items) if needs_embedding else None
     data = calibration_data(config, records, items, policy.rules, policy.skip, embeddings)
     group_by = (artifact.get("dataset") or {}).get("group_by")
     labels = [group_of(item, group_by or "group", config.tiers[0].sampling.max_tokens) for item in items]
@@ -261,6 +318,9 @@ def cmd_evaluate(args) -> int:
         figures["sources"] = breakdown(data, [item.source for item in items], labels, configs, artifact["target"])
     figures.update(dataset=dataset, split=args.split, alpha=artifact["alpha"], delta=artifact["delta"],
                    guarantee=guarantee_statement(artifact), artifact=str(args.artifact), group_by=group_by)
+    if prefix is not None:
+        _deployed_checkpoints(figures, artifact, config, records, items, policy, prefix, labels, group_by,
+                              embeddings, timing)
     print(format_evaluation(figures, artifact["alpha"]))
     print(("per group (calibrated per group):" if group_by else
            "per source (one policy for the mix; no per-group guarantee):"))
@@ -268,9 +328,52 @@ def cmd_evaluate(args) -> int:
     if "sources" in figures:
         print("per source (a figure: the guarantee is per group):")
         print(format_groups(figures["sources"], artifact["alpha"]))
+    if prefix is not None:
+        print(format_checkpointed(figures["checkpoints"], artifact["alpha"]))
     if args.json:
         _write_json(Path(args.json), figures)
     return 0
+
+
+END_ONLY_KEYS = ("risk", "quality_loss", "accuracy", "escalated", "skipped", "cost_ratio", "conditional_quality_loss",
+                 "answered_by", "groups", "sources")
+
+
+def _deployed_checkpoints(figures: dict, artifact: dict, config, records, items, policy, prefix, labels, group_by,
+                          embeddings, timing) -> None:
+    """Replace ``figures``' policy figures by those of the deployed checkpointed policy (each
+    item routed by its group's configuration through ``conformal.checkpoints.route``); the
+    end-only figures with the same end/skip thresholds move to ``figures["end_only"]`` and the
+    checkpoint breakdown (per group, per source, engine seconds when timed) to
+    ``figures["checkpoints"]``."""
+    names = [t.name for t in config.tiers]
+    configs, fallback = deployed_configs(artifact["policy"])
+    costs = token_costs(config, records, items)
+    data = checkpoint_data(records, items, prefix, policy.rules[0], policy.skip, costs[:, [0, -1]],
+                           small_price(config), embeddings)
+    seconds = None
+    if timing is not None:
+        timed_costs, timed_small = seconds_costs(records, items, timing, names)
+        seconds = checkpoint_data(records, items, prefix, policy.rules[0], policy.skip, timed_costs[:, [0, -1]],
+                                  timed_small, embeddings)
+    route_labels = np.asarray(labels if group_by else [fallback] * len(items)).astype(str)
+    tables = {"groups": labels}
+    if group_by and group_by != "source":
+        tables["sources"] = [item.source for item in items]
+    checkpointed = evaluate_checkpointed(data, configs, fallback, route_labels, tables, artifact["target"], seconds)
+    if timing is not None:
+        checkpointed["timing"] = timing
+    figures["end_only"] = {k: figures[k] for k in END_ONLY_KEYS if k in figures}
+    pooled = checkpointed["pooled"]
+    right = data.correct[:, 1]
+    figures.update(
+        deployed="checkpoints", checkpoints=checkpointed, risk=pooled["risk"], quality_loss=pooled["quality_loss"],
+        accuracy=pooled["accuracy"], escalated=pooled["escalated"], skipped=pooled["skipped"],
+        cost_ratio=pooled["cost_ratio"],
+        conditional_quality_loss=float(pooled["quality_loss"] * data.n / right.sum()) if right.any() else math.nan,
+        answered_by={names[0]: pooled["kept"], names[-1]: 1.0 - pooled["kept"]}, groups=checkpointed["groups"])
+    if "sources" in checkpointed:
+        figures["sources"] = checkpointed["sources"]
 
 
 def register_calibrate(sub) -> None:
@@ -299,6 +402,11 @@ def register_calibrate(sub) -> None:
     p.add_argument("--delta-split", default="per-group", choices=DELTA_SPLITS,
                    help="with --group-by: each group at δ ('per-group', default) or at δ/G so that all groups "
                         "hold at once with probability >= 1 - δ ('bonferroni')")
+    p.add_argument("--checkpoints", metavar="K1,K2,...",
+                   help="also decide inside the small tier's answer (two-tier cascades, learned rules): train a "
+                        "prefix rule per token count (e.g. " + ",".join(map(str, DEFAULT_CHECKPOINTS)) + ") and "
+                        "certify commit / escalate thresholds at every checkpoint together with the end and skip "
+                        "thresholds (fixed-sequence Learn-then-Test); off by default")
     p.add_argument("--seed", type=int, default=0, help="seed of the splits")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", required=True, help="artifact JSON to write")
@@ -315,5 +423,8 @@ def register_evaluate(sub) -> None:
     p.add_argument("--n", type=int, help="evaluate only the first N items of the split")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--json", help="write the figures to this JSON file")
+    p.add_argument("--timing-from", metavar="SUMMARY.json",
+                   help="a checkpointed artifact's costs also in engine seconds, from a benchmark summary's per-tier "
+                        "timing model (e.g. results/deferral-long/summary.json)")
     p.add_argument("--force-artifact", action="store_true")
     p.set_defaults(func=cmd_evaluate)

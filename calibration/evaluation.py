@@ -16,6 +16,7 @@ import numpy as np
 from vcascade.engine.policy import Policy
 
 from .conformal import CalibrationData, GroupFit, item_losses, paid, routing
+from .conformal.checkpoints import CheckpointConfig, CheckpointData, checkpoint_figures
 
 
 def policy_config(policy: Policy, group: str | None = None) -> list[float]:
@@ -151,4 +152,118 @@ def format_evaluation(figures: dict, alpha: float) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["route_items", "breakdown", "evaluate_policy", "format_evaluation", "format_groups", "group_table", "policy_config"]
+# ---------------------------------------------------------------- checkpointed policies
+
+
+def _checkpoint_rows(data: CheckpointData, configs: dict[str, CheckpointConfig], fallback: str,
+                     route_labels: np.ndarray, table_labels: np.ndarray, target: str, early_tokens: int,
+                     seconds: CheckpointData | None) -> dict[str, dict]:
+    out = {}
+    for label in np.unique(table_labels):
+        idx = np.flatnonzero(table_labels == label)
+        out[str(label)] = _checkpoint_row(data.subset(idx), configs, fallback, route_labels[idx], target,
+                                          early_tokens, None if seconds is None else seconds.subset(idx))
+    return out
+
+
+def _checkpoint_row(data: CheckpointData, configs, fallback, route_labels, target, early_tokens, seconds) -> dict:
+    row = checkpoint_figures(data, configs, early_tokens, route_labels, fallback)
+    row["risk"] = row["accept_error"] if target == "accept-error" else row["quality_loss"]
+    if seconds is not None:
+        timed = checkpoint_figures(seconds, configs, early_tokens, route_labels, fallback)
+        row["seconds"] = {"cost_ratio": timed["cost_ratio"], "cost_ratio_end_only": timed["cost_ratio_end_only"]}
+    return row
+
+
+def evaluate_checkpointed(data: CheckpointData, configs: dict[str, CheckpointConfig], fallback: str,
+                          route_labels: Sequence[str], tables: dict[str, Sequence[str]], target: str,
+                          seconds: CheckpointData | None = None, early_tokens: int = 32) -> dict:
+    """Figures of a deployed checkpointed policy on labelled items, and of end-only deferral
+    with the same end and skip thresholds (``checkpoint_figures``), pooled and per table.
+
+    Parameters
+    ----------
+    data : CheckpointData of n items, costs in tokens × price
+    configs : group -> the CheckpointConfig the artifact deploys for it; ``fallback`` serves
+        labels without one (``checkpointing.deployed_configs``)
+    route_labels : (n,) the group each item is served as
+    tables : name -> (n,) labels to break the figures down by (e.g. ``{"groups": …, "sources": …}``)
+    target : the artifact's target; each row's ``risk`` is its realized value
+    seconds : the same items priced in engine seconds (a timing model), or None
+    early_tokens : escalations decided within this many small-tier tokens count as early
+
+    Returns
+    -------
+    dict with ``pooled`` and, per table name, ``{label: row}``; a row is
+    ``checkpoint_figures``' (quality loss, cost vs always-largest and its end-only
+    counterpart, early-escalation share, wasted small-tier tokens checkpointed and end-only,
+    decisions per checkpoint) plus ``risk`` and, with ``seconds``, ``seconds.cost_ratio`` /
+    ``seconds.cost_ratio_end_only``.
+    """
+    labels = np.asarray(route_labels).astype(str)
+    out = {"tokens": [int(k) for k in data.checkpoints], "early_tokens": int(early_tokens),
+           "pooled": _checkpoint_row(data, configs, fallback, labels, target, early_tokens, seconds)}
+    for name, values in tables.items():
+        out[name] = _checkpoint_rows(data, configs, fallback, labels, np.asarray(values).astype(str), target,
+                                     early_tokens, seconds)
+    return out
+
+
+def format_checkpointed(figures: dict, alpha: float, tables: Sequence[str] = ("groups", "sources")) -> str:
+    """The checkpointed figures for people: per row n, realized risk, cost vs always-largest
+    checkpointed and end-only (tokens; engine seconds when timed), early escalations, and
+    small-tier tokens wasted per escalated request (checkpointed / end-only)."""
+    timed = "seconds" in figures["pooled"]
+    head = (f"{'':<18}{'n':>6}{'risk':>8}{'cost':>7}{'end-only':>10}"
+            + (f"{'sec':>7}{'sec e-o':>9}" if timed else "")
+            + f"{'early esc':>11}{'wasted/esc':>12}{'e-o wasted':>12}")
+    lines = [f"checkpointed policy at {figures['tokens']} tokens; cost vs always-largest, 'end-only': the same end and "
+             f"skip thresholds without checkpoints; early: escalations decided within {figures['early_tokens']} "
+             "small-tier tokens", head]
+
+    def line(name: str, f: dict) -> str:
+        mark = "  > α" if f["risk"] > alpha else ""
+        sec = f"{f['seconds']['cost_ratio']:>7.3f}{f['seconds']['cost_ratio_end_only']:>9.3f}" if timed else ""
+        return (f"{name[:18]:<18}{f['n']:>6}{f['risk']:>8.4f}{f['cost_ratio']:>7.3f}{f['cost_ratio_end_only']:>10.3f}"
+                + sec + f"{f['escalated_early_share']:>11.1%}{f['wasted_tokens_mean']:>12.1f}"
+                f"{f['end_only']['wasted_tokens_mean']:>12.1f}{mark}")
+
+    lines.append(line("all", figures["pooled"]))
+    for table in tables:
+        if figures.get(table):
+            lines.append(f"per {table[:-1]}:")
+            lines += [line(name, f) for name, f in figures[table].items()]
+    return "\n".join(lines)
+
+
+def read_timing(path, tier_names: Sequence[str]) -> dict[str, dict]:
+    """An engine-seconds model per tier — ``{"per_item", "per_prompt_token",
+    "per_output_token"}`` seconds — from a benchmark summary's ``"timing"`` (``benchmarks/
+    deferral.py``: fitted per tier as seconds ≈ a + b·prompt + c·output tokens)."""
+    import json
+    from pathlib import Path
+
+    data = json.loads(Path(path).read_text())
+    timing = data.get("timing", data)
+    missing = [name for name in tier_names if name not in timing]
+    if missing:
+        raise ValueError(f"{path}: no timing model for tier(s) {', '.join(missing)} (it has {', '.join(timing)})")
+    return {name: {k: float(timing[name][k]) for k in ("per_item", "per_prompt_token", "per_output_token")}
+            for name in tier_names}
+
+
+def seconds_costs(records: list[dict], items, timing: dict[str, dict], tier_names: Sequence[str]):
+    """``(costs (n, K), small_price)``: each tier's modelled engine seconds per item and tier
+    0's (per item, per prompt token, per output token) for its prefixes."""
+    costs = np.zeros((len(items), len(tier_names)))
+    for k, name in enumerate(tier_names):
+        m = timing[name]
+        for i, item in enumerate(items):
+            r = records[k][item.id]["result"]
+            costs[i, k] = m["per_item"] + m["per_prompt_token"] * r["prompt_tokens"] + \
+                m["per_output_token"] * r["completion_tokens"]
+    small = timing[tier_names[0]]
+    return costs, (small["per_item"], small["per_prompt_token"], small["per_output_token"])
+
+
+__all__ = ["evaluate_checkpointed", "format_checkpointed", "read_timing", "seconds_costs", "route_items", "breakdown", "evaluate_policy", "format_evaluation", "format_groups", "group_table", "policy_config"]

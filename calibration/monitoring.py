@@ -40,10 +40,17 @@ def disagreements(config: CascadeConfig, records: list[dict], items: Sequence[It
 
 
 def monitor_reference(config: CascadeConfig, records: list[dict], items: Sequence[Item], data: CalibrationData,
-                      fit, grouped=None, labels: Sequence[str] | None = None) -> dict:
+                      fit, grouped=None, labels: Sequence[str] | None = None,
+                      routed: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """The ``"monitor"`` section for the fitted policy (``fit``; ``grouped`` with ``labels``
-    for per-group thresholds) on the calibration split (``data`` of ``items``)."""
-    if grouped is not None:
+    for per-group thresholds) on the calibration split (``data`` of ``items``).
+
+    ``routed`` — ``(answering tier (n,), skipped (n,))`` — overrides the routing for a policy
+    that ``fit``'s thresholds alone do not describe (a checkpointed policy, whose commits and
+    early escalations ``conformal.checkpoints.route`` decides)."""
+    if routed is not None:
+        answered, skipped = (np.asarray(a) for a in routed)
+    elif grouped is not None:
         answered, skipped = grouped_routing(data, labels, grouped)
     else:
         answered, skipped = routing(data, fit.config)

@@ -82,6 +82,43 @@ def _plots(out_dir: Path, data: CalibrationData, artifact: dict, names: list[str
             save("score_histogram.png", histogram)]
 
 
+def checkpoint_section(artifact: dict) -> list[str]:
+    """The report's lines on a checkpointed policy: its thresholds per group and its figures
+    on the calibration split next to end-only deferral with the same end/skip thresholds."""
+    policy, record = artifact["policy"], artifact["fit"]["checkpoints"]
+    block, figures = policy["checkpoints"], artifact["figures"]["checkpoints"]
+    tokens = block["tokens"]
+    lines = ["## Mid-generation checkpoints (deployed)", "",
+             f"Prefix rules at {', '.join(map(str, tokens))} tokens of the small tier's answer (trained on the train "
+             "split); at checkpoint j an answer escalates when its prefix score is below escalate[j], else commits "
+             "when it is at least commit[j], else continues; an answer that never commits meets the end rule. "
+             "All thresholds were certified together (fixed-sequence Learn-then-Test along a path fixed on the "
+             "selection split).", ""]
+    for dropped in record.get("dropped") or []:
+        lines.append(f"- checkpoint {dropped['tokens']} dropped: {dropped['reason']}")
+    groups = policy.get("groups") or {"all": {"thresholds": policy["thresholds"], "commit": block["commit"],
+                                              "escalate": block["escalate"], "skip_threshold": policy["skip_threshold"]}}
+    lines += ["", "| group | " + " | ".join(f"{k}: escalate < / commit >=" for k in tokens) + " | end >= | skip < |",
+              "|---" * (len(tokens) + 3) + "|"]
+    for name, g in groups.items():
+        cells = [f"{_fmt(e, 3)} / {_fmt(c, 3)}" for c, e in zip(g["commit"], g["escalate"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt(g['thresholds'][0], 4)} | "
+                     f"{_fmt(g['skip_threshold'], 4)} |")
+    rows = dict(figures.get("groups") or {})
+    rows["pooled" if rows else "all"] = figures["pooled"]
+    lines += ["", "Calibration split (cost relative to always calling the largest tier; 'end-only' keeps the same "
+              "end and skip thresholds without mid-generation decisions):", "",
+              "| group | n | quality loss | cost | end-only cost | committed | escalated | escalated within "
+              f"{figures['pooled']['early_tokens']} tokens | small tokens wasted per escalation (end-only) |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, f in rows.items():
+        lines.append(f"| {name} | {f['n']} | {f['quality_loss']:.4f} | {f['cost_ratio']:.3f} | "
+                     f"{f['cost_ratio_end_only']:.3f} | {f['committed']:.1%} | {f['escalated']:.1%} | "
+                     f"{f['escalated_early_share']:.1%} | {f['wasted_tokens_mean']:.1f} "
+                     f"({f['end_only']['wasted_tokens_mean']:.1f}) |")
+    return lines + [""]
+
+
 def write_report(out_dir: Path, artifact: dict, data: CalibrationData, names: list[str], header: str) -> Path:
     """Write ``report.md`` and the PNG plots into ``out_dir``; return the markdown path."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +134,8 @@ def write_report(out_dir: Path, artifact: dict, data: CalibrationData, names: li
     lines = [
         "# Calibration report", "", header, "",
         f"**Guarantee:** {artifact['guarantee']['statement']} — assuming {artifact['guarantee']['assumption']}.", "",
+        *(["- **deployed: the checkpointed policy** (section 'Mid-generation checkpoints'); the lines that follow "
+           "describe the end-only fit on the same items, for comparison"] if policy.get("checkpoints") else []),
         *([f"- per-group thresholds (table below); the lines that follow are the fallback group "
            f"`{policy['fallback_group']}`'s fit, the policy for requests of no known group"]
           if policy.get("groups") else []),
@@ -141,6 +180,8 @@ def write_report(out_dir: Path, artifact: dict, data: CalibrationData, names: li
             lines.append(f"| {name} | {g['n']} | {g['risk']:.4f} | {g['quality_loss']:.4f} | {g['accuracy']:.3f} | "
                          f"{g['escalated']:.1%} | {g['cost_ratio']:.3f} |")
         lines.append("")
+    if figures.get("checkpoints"):
+        lines += checkpoint_section(artifact)
     selection = artifact.get("selection")
     if selection:
         lines += ["## How the rule was chosen (selection split)", "",
