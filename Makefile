@@ -54,11 +54,14 @@ serve: setup
 # Calibrate the default cascade on 2900 items of mixed-long (short-answer sets + worked
 # reasoning and code, each long item with its own instructions and max_tokens): learned
 # rules trained, one chosen, thresholds fitted per answer-length group (short / long) with
-# quality loss <= 5 % vs always-1.5B, both groups at once with probability >= 0.9; then
+# quality loss <= 5 % vs always-1.5B, both groups at once with probability >= 0.9 — including
+# mid-generation commits / escalations at 8 … 128 tokens of the 0.5B's answer (prefix rules
+# from the cached answers, no new generation); then
 # evaluate on the 1914 held-out items. Generations and code verdicts are cached: a rerun resumes.
 calibrate: setup
 	$(VCASCADE) calibrate --dataset mixed-long --n 2900 --target quality-loss --alpha 0.05 --delta 0.1 \
-		--group-by length --delta-split bonferroni --batch-size 96 --out $(ARTIFACT) --report $(REPORT)
+		--group-by length --delta-split bonferroni --batch-size 96 --checkpoints 8,16,32,64,128 \
+		--out $(ARTIFACT) --report $(REPORT)
 	$(VCASCADE) evaluate --artifact $(ARTIFACT) --split test --batch-size 96 --json $(REPORT)-test.json
 
 bench: bench-deferral
