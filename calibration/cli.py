@@ -23,8 +23,8 @@ from vcascade.engine.uncertainty.signals import SAMPLING_SIGNALS, get_signal
 from .conformal import (DEFAULT_DELTA, DELTA_SPLITS, P_VALUES, TARGETS, check_fittable, check_level,
                         conditional_quality_loss, fit_groups, fit_thresholds, price_of_guarantee)
 from .checkpointing import (DEFAULT_CHECKPOINTS, PrefixRules, calibrate_checkpoints, check_checkpointable,
-                            checkpoint_data, deployed_configs, format_checkpoint_table, parse_checkpoints,
-                            policy_section, small_price)
+                            checkpoint_data, deployed_configs, end_only_fit_configs, format_checkpoint_table,
+                            parse_checkpoints, policy_section, small_price)
 from .conformal.checkpoints import SKIP, route, route_groups
 from .datasets import GROUP_FIELDS, dataset_fingerprint, group_of, load_dataset, split
 from .embeddings import prompt_embeddings
@@ -345,7 +345,8 @@ def _deployed_checkpoints(figures: dict, artifact: dict, config, records, items,
     item routed by its group's configuration through ``conformal.checkpoints.route``); the
     end-only figures with the same end/skip thresholds move to ``figures["end_only"]`` and the
     checkpoint breakdown (per group, per source, engine seconds when timed) to
-    ``figures["checkpoints"]``."""
+    ``figures["checkpoints"]``, with the certified end-only fit the artifact also records
+    beside it (``figures["checkpoints"]["end_only_fit"]``, the same breakdown)."""
     names = [t.name for t in config.tiers]
     configs, fallback = deployed_configs(artifact["policy"])
     costs = token_costs(config, records, items)
@@ -361,6 +362,10 @@ def _deployed_checkpoints(figures: dict, artifact: dict, config, records, items,
     if group_by and group_by != "source":
         tables["sources"] = [item.source for item in items]
     checkpointed = evaluate_checkpointed(data, configs, fallback, route_labels, tables, artifact["target"], seconds)
+    fit_configs, fit_fallback = end_only_fit_configs(artifact)  # what calibrate without --checkpoints deploys
+    checkpointed["end_only_fit"] = evaluate_checkpointed(
+        data, fit_configs, fit_fallback, labels if group_by else [fit_fallback] * len(items), tables,
+        artifact["target"], seconds)
     if timing is not None:
         checkpointed["timing"] = timing
     figures["end_only"] = {k: figures[k] for k in END_ONLY_KEYS if k in figures}

@@ -210,29 +210,38 @@ def evaluate_checkpointed(data: CheckpointData, configs: dict[str, CheckpointCon
 
 
 def format_checkpointed(figures: dict, alpha: float, tables: Sequence[str] = ("groups", "sources")) -> str:
-    """The checkpointed figures for people: per row n, realized risk, cost vs always-largest
-    checkpointed and end-only (tokens; engine seconds when timed), early escalations, and
-    small-tier tokens wasted per escalated request (checkpointed / end-only)."""
+    """The checkpointed figures for people. Per row: n, realized risk and cost vs
+    always-largest (tokens; engine seconds when timed) of the checkpointed policy and, when
+    ``figures["end_only_fit"]`` is there, of the certified end-only fit; the cost of end-only
+    deferral with the checkpointed policy's own end/skip thresholds; the share of
+    escalations decided within the early-token limit (all / those that started tier 0); the
+    small-tier tokens wasted per escalated request (checkpointed / end-only fit)."""
     timed = "seconds" in figures["pooled"]
-    head = (f"{'':<18}{'n':>6}{'risk':>8}{'cost':>7}{'end-only':>10}"
-            + (f"{'sec':>7}{'sec e-o':>9}" if timed else "")
-            + f"{'early esc':>11}{'wasted/esc':>12}{'e-o wasted':>12}")
-    lines = [f"checkpointed policy at {figures['tokens']} tokens; cost vs always-largest, 'end-only': the same end and "
-             f"skip thresholds without checkpoints; early: escalations decided within {figures['early_tokens']} "
-             "small-tier tokens", head]
+    fit = figures.get("end_only_fit")
+    head = (f"{'':<16}{'n':>6}{'risk':>8}{'cost':>7}" + (f"{'sec':>7}" if timed else "")
+            + (f"{'fit risk':>9}{'fit cost':>9}" + (f"{'fit sec':>8}" if timed else "") if fit else "")
+            + f"{'same-thr':>9}{'early esc':>11}{'started':>9}{'wasted':>8}" + (f"{'fit wasted':>11}" if fit else ""))
+    lines = [f"checkpointed policy at {figures['tokens']} tokens; cost vs always-largest; 'fit': the certified "
+             "end-only fit; 'same-thr': end-only with the checkpointed policy's end/skip thresholds (not certified); "
+             f"early: escalations decided within {figures['early_tokens']} small-tier tokens (all; of those that "
+             "started the small tier); wasted: small-tier tokens per escalated request", head]
 
-    def line(name: str, f: dict) -> str:
+    def line(name: str, f: dict, g: dict | None) -> str:
         mark = "  > α" if f["risk"] > alpha else ""
-        sec = f"{f['seconds']['cost_ratio']:>7.3f}{f['seconds']['cost_ratio_end_only']:>9.3f}" if timed else ""
-        return (f"{name[:18]:<18}{f['n']:>6}{f['risk']:>8.4f}{f['cost_ratio']:>7.3f}{f['cost_ratio_end_only']:>10.3f}"
-                + sec + f"{f['escalated_early_share']:>11.1%}{f['wasted_tokens_mean']:>12.1f}"
-                f"{f['end_only']['wasted_tokens_mean']:>12.1f}{mark}")
+        out = f"{name[:16]:<16}{f['n']:>6}{f['risk']:>8.4f}{f['cost_ratio']:>7.3f}"
+        out += f"{f['seconds']['cost_ratio']:>7.3f}" if timed else ""
+        if g is not None:
+            out += f"{g['risk']:>9.4f}{g['cost_ratio']:>9.3f}"
+            out += f"{g['seconds']['cost_ratio']:>8.3f}" if timed else ""
+        out += (f"{f['cost_ratio_end_only']:>9.3f}{f['escalated_early_share']:>11.1%}"
+                f"{f['started_escalated_early_share']:>9.1%}{f['wasted_tokens_mean']:>8.1f}")
+        return out + (f"{g['wasted_tokens_mean']:>11.1f}" if g is not None else "") + mark
 
-    lines.append(line("all", figures["pooled"]))
+    lines.append(line("all", figures["pooled"], fit["pooled"] if fit else None))
     for table in tables:
         if figures.get(table):
             lines.append(f"per {table[:-1]}:")
-            lines += [line(name, f) for name, f in figures[table].items()]
+            lines += [line(name, f, fit[table][name] if fit else None) for name, f in figures[table].items()]
     return "\n".join(lines)
 
 
@@ -266,4 +275,5 @@ def seconds_costs(records: list[dict], items, timing: dict[str, dict], tier_name
     return costs, (small["per_item"], small["per_prompt_token"], small["per_output_token"])
 
 
-__all__ = ["evaluate_checkpointed", "format_checkpointed", "read_timing", "seconds_costs", "route_items", "breakdown", "evaluate_policy", "format_evaluation", "format_groups", "group_table", "policy_config"]
+__all__ = ["breakdown", "evaluate_checkpointed", "evaluate_policy", "format_checkpointed", "format_evaluation",
+           "format_groups", "group_table", "policy_config", "read_timing", "route_items", "seconds_costs"]

@@ -97,7 +97,8 @@ def checkpoint_section(artifact: dict) -> list[str]:
     for dropped in record.get("dropped") or []:
         lines.append(f"- checkpoint {dropped['tokens']} dropped: {dropped['reason']}")
     groups = policy.get("groups") or {"all": {"thresholds": policy["thresholds"], "commit": block["commit"],
-                                              "escalate": block["escalate"], "skip_threshold": policy["skip_threshold"]}}
+                                              "escalate": block["escalate"],
+                                              "skip_threshold": policy["skip_threshold"]}}
     lines += ["", "| group | " + " | ".join(f"{k}: escalate < / commit >=" for k in tokens) + " | end >= | skip < |",
               "|---" * (len(tokens) + 3) + "|"]
     for name, g in groups.items():

@@ -195,7 +195,12 @@ def test_grouped_checkpoint_artifact_follows_the_contract_and_evaluate_reports_i
         assert row["end_only"]["wasted_tokens_mean"] >= 0
     assert result["risk"] == checkpointed["pooled"]["risk"] and result["groups"] == checkpointed["groups"]
     assert result["end_only"]["groups"].keys() == {"short", "long"}
-    assert "checkpointed policy at" in stdout and "sec e-o" in stdout
+    # the certified end-only fit the artifact also records, routed the same way, beside it
+    fit = checkpointed["end_only_fit"]
+    assert set(fit["groups"]) == {"short", "long"} and fit["pooled"]["n"] == 100
+    assert fit["pooled"]["committed"] == 0 and fit["pooled"]["cost_ratio"] == fit["pooled"]["cost_ratio_end_only"]
+    assert 0 <= checkpointed["pooled"]["started_escalated_early_share"] <= 1
+    assert "checkpointed policy at" in stdout and "fit sec" in stdout and "fit wasted" in stdout
 
 
 def test_ungrouped_artifact_has_no_groups_and_its_end_threshold_is_the_fit(cached, tiny_config, tmp_path, capsys):

@@ -866,11 +866,15 @@ def _escalation_figures(data: CheckpointData, r: Routing, early_tokens: int) -> 
     small, large = data.correct[:, 0], data.correct[:, 1]
     escalated = ~r.kept
     n_esc = int(escalated.sum())
+    started = escalated & (r.decision != SKIP)
+    n_started = int(started.sum())
     return {
         "quality_loss": float((r.kept & ~small & large).mean()),
         "accept_error": float((r.kept & ~small).mean()),
         "escalated": float(escalated.mean()),
         "escalated_early_share": float((escalated & (r.tokens <= early_tokens)).sum() / n_esc) if n_esc else 0.0,
+        "started_escalated_early_share": float((started & (r.tokens <= early_tokens)).sum() / n_started)
+        if n_started else 0.0,
         "wasted_tokens_total": int(r.wasted.sum()),
         "wasted_tokens_mean": float(r.wasted.sum() / n_esc) if n_esc else 0.0,
         "wasted_tokens_per_item": float(r.wasted.mean()),
@@ -897,7 +901,8 @@ def checkpoint_figures(data: CheckpointData, config, early_tokens: int = 32, gro
         (P̂(small wrong | kept), 0 when nothing is kept); ``accuracy`` (the cascade's) and
         ``small_accuracy``, ``large_accuracy``; ``kept``, ``committed``, ``escalated``,
         ``skipped`` shares; ``escalated_early_share``: of the escalated items, the share
-        decided with at most ``early_tokens`` small tokens generated (skips count, at 0);
+        decided with at most ``early_tokens`` small tokens generated (skips count, at 0),
+        and ``started_escalated_early_share`` the same among escalated items not skipped;
         ``wasted_tokens_total``, ``wasted_tokens_mean`` (per escalated item) and
         ``wasted_tokens_per_item``: small-tier tokens generated for escalated requests;
         ``cost_ratio`` (mean cost / mean cost of always calling the large tier);
@@ -935,6 +940,7 @@ def checkpoint_figures(data: CheckpointData, config, early_tokens: int = 32, gro
         "escalated": mine["escalated"],
         "skipped": float((r.decision == SKIP).mean()),
         "escalated_early_share": mine["escalated_early_share"],
+        "started_escalated_early_share": mine["started_escalated_early_share"],
         "early_tokens": int(early_tokens),
         "wasted_tokens_total": mine["wasted_tokens_total"],
         "wasted_tokens_mean": mine["wasted_tokens_mean"],
