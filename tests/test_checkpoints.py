@@ -374,3 +374,87 @@ def test_targets_and_levels_are_checked(world):
         fit_checkpoints(cal, family, "quality-loss", ALPHA, 1.5)
     with pytest.raises(ValueError, match="skip"):
         fit_checkpoints(cal, checkpoint_family(world["train_skip"], levels=5), "quality-loss", ALPHA, DELTA)
+
+
+# ---------------------------------------------------------------- Pareto Testing (the default family)
+
+
+def test_pareto_front_keeps_the_non_dominated_candidates_by_risk_ascending():
+    risk = np.array([0.0, 0.1, 0.1, 0.05, 0.2, 0.3, 0.05, 0.3])
+    cost = np.array([1.0, 0.5, 0.4, 0.6, 0.45, 0.2, 0.6, 0.2])
+    assert ck.pareto_front(risk, cost).tolist() == [0, 3, 2, 5]  # 6 ties 3 (first wins), 4 and 1 dominated, 7 ties 5
+    front = ck.pareto_front(risk, cost)
+    assert (np.diff(risk[front]) > 0).all() and (np.diff(cost[front]) < 0).all()
+
+
+def test_the_pareto_family_is_built_on_the_select_split_alone_and_contains_the_end_only_grid(world):
+    select = world["train_skip"].subset(np.arange(600))
+    family = ck.pareto_family(select, "quality-loss", levels=10)
+    assert family[0] == CheckpointConfig.always_escalate(K.tolist(), skip=True) and family.levels[0] == 0
+    assert (np.diff(family.levels) >= 0).all() and family.description["kind"] == "pareto-front"
+    assert len(family) == family.description["front"] + 1 == len(family.description["select_risk"])
+    # the levels are the select split's risks, and the front is cheaper as it gets riskier
+    losses, at_risk = path_counts(select, family, "quality-loss")
+    assert np.allclose(family.levels, losses / at_risk)
+    assert (np.diff(path_costs(select, family)[1:]) < 0).all()
+    # every candidate (here: every end-only end × skip grid point and the old single-shape path) is dominated
+    # by, or on, the front on the select split
+    front_risk, front_cost = family.levels, path_costs(select, family)
+    old = select_family(select, "quality-loss", ALPHA, DELTA, levels=10)
+    grid = ck.CheckpointFamily(K, np.zeros(121), np.full((121, 5), INF), np.full((121, 5), -INF),
+                               np.repeat(ck._quantiles(select.end_scores, np.arange(11) / 10), 11),
+                               np.tile(ck._quantiles(select.skip_scores, np.arange(11) / 10), 11))
+    for other in (old, grid):
+        o_losses, o_at_risk = path_counts(select, other, "quality-loss")
+        for r, c in zip(o_losses / o_at_risk, path_costs(select, other)):
+            assert ((front_risk <= r + 1e-12) & (front_cost <= c + 1e-9)).any()
+    # deterministic given the select split; the refinement round only adds candidates
+    again = ck.pareto_family(select, "quality-loss", levels=10)
+    assert np.array_equal(again.commit, family.commit) and np.array_equal(again.end, family.end)
+    refined = ck.pareto_family(select, "quality-loss", levels=10, checkpoint_grid=(0, 0.5, 1))
+    assert refined.description["refined_candidates"] > 0
+    short = ck.pareto_family(select, "quality-loss", levels=10, max_front=5)
+    assert len(short) == 6 and short[len(short) - 1] == family[len(family) - 1]
+    with pytest.raises(ValueError, match="non-decreasing"):
+        ck.CheckpointFamily(K, [0.0, 0.2, 0.1], np.zeros((3, 5)), np.zeros((3, 5)), np.zeros(3))
+
+
+PARETO_SHAPES = dict(levels=10, commit_shares=(0.0, 0.5, 1.0), escalate_shares=(0.0, 0.5), skip_shares=(0.0, 1.0))
+
+
+def test_pareto_testing_holds_with_probability_1_minus_delta_and_the_naive_rule_on_its_path_does_not(world):
+    """Each draw: a select split and a disjoint calibrate split from the pool; the Pareto path on the
+    first, fixed-sequence testing on the second; the true risk on the rest of the pool (40k items, to
+    keep the test fast: a held-out SE of sqrt(α(1 − α)/39.4k) ≈ 0.0011 per test risk)."""
+    pool, target, n = world["pool_skip"].subset(np.arange(40_000)), "quality-loss", N_CAL
+    rng = np.random.default_rng(11)
+    cache: dict = {}
+
+    def true_risk(config, used):
+        key = (config.commit, config.escalate, config.end, config.skip)
+        if key not in cache:
+            cache[key] = checkpoint_losses(pool, route(pool, config).kept, target)[0]
+        lost = cache[key]
+        return (lost.sum() - lost[used].sum()) / (pool.n - used.size)
+
+    names = ("last", "cheapest", "naive")
+    risks, costs = np.empty((3, SPLITS)), np.empty((3, SPLITS))
+    for s in range(SPLITS):
+        used = rng.choice(pool.n, 2 * n, replace=False)
+        family = ck.pareto_family(pool.subset(used[:n]), target, **PARETO_SHAPES)
+        cal = pool.subset(used[n:])
+        fits = (fit_checkpoints(cal, family, target, ALPHA, DELTA),
+                fit_checkpoints(cal, family, target, ALPHA, DELTA, select="cheapest"),
+                fit_checkpoints_naive(cal, family, target, ALPHA))
+        for i, f in enumerate(fits):
+            risks[i, s], costs[i, s] = true_risk(f.config, used), f.cost_ratio
+    share = dict(zip(names, (risks > ALPHA).mean(axis=1)))
+    out = {"share": share, "mean_risk": dict(zip(names, risks.mean(axis=1))),
+           "cost": dict(zip(names, costs.mean(axis=1)))}
+    print(out)  # shown with pytest -s
+    for name in ("last", "cheapest"):
+        assert share[name] <= DELTA + SLACK, out
+        assert out["cost"][name] < 1.0, out
+    assert out["cost"]["cheapest"] <= out["cost"]["last"] + 1e-12
+    assert share["naive"] > DELTA + SLACK, ("the check must fail with the plain empirical-risk rule", out)
+    assert out["mean_risk"]["naive"] > out["mean_risk"]["last"]
