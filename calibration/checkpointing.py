@@ -14,10 +14,16 @@ has chosen, on the three-way split of ``selection.three_way_split``:
    is dropped, and the drop is reported. With greedy decoding the first k tokens of a
    cached answer are exactly what the engine has produced at checkpoint k, so nothing is
    generated (Gupta et al., ICLR 2024; Narasimhan et al., ICLR 2025).
-2. **Path — select split.** ``conformal.checkpoints.select_family`` picks the shape of the
-   quantile path of configurations (commit / escalate thresholds per checkpoint, end
-   threshold, skip threshold) among ``PATH_SHAPES`` on the select items' prefix, end and
-   skip scores.
+2. **Path — select split.** By default (``PATH_FAMILY = "pareto"``) Pareto Testing
+   (Laufer-Goldshtein, Fisch, Barzilay, Jaakkola, ICLR 2023):
+   ``conformal.checkpoints.pareto_family`` scores a large candidate set — the union of
+   the quantile paths of every shape in ``PARETO_CANDIDATES`` (never-commit and
+   never-escalate-early shapes included) and the end-only end × skip grid — by empirical
+   risk and mean cost on the select items, and orders the Pareto front by select-split
+   risk ascending, always-escalate first. The alternative (``path_family="single-shape"``)
+   is ``conformal.checkpoints.select_family``: one quantile path, all thresholds tied to
+   one aggressiveness level, its shape chosen among ``PATH_SHAPES`` on the select items.
+   Either way the sequence is fixed before the calibrate split is read.
 3. **Fit — calibrate split.** ``conformal.checkpoints.fit_checkpoints``: fixed-sequence
    Learn-then-Test along the path (Angelopoulos, Bates, Candès, Jordan, Lei 2021; Bauer
    1991). The calibrate split is read by nothing else, so with probability >= 1 − δ the
@@ -49,8 +55,8 @@ from vcascade.engine.uncertainty.rules import Rule, SkipRule
 
 from .conformal import FitError, group_delta, group_guarantee, group_labels
 from .conformal.checkpoints import (FIT_TARGETS, METHOD, CheckpointConfig, CheckpointData, CheckpointFamily,
-                                    CheckpointFit, checkpoint_figures, checkpoint_losses, fit_checkpoints, route,
-                                    select_family, token_costs)
+                                    CheckpointFit, checkpoint_figures, checkpoint_losses, fit_checkpoints,
+                                    pareto_family, route, select_family, token_costs)
 from .datasets import Item
 from .job import correctness, queries, results
 from .learning import Refusal, answer_feature_spec, target_labels, train
@@ -69,6 +75,18 @@ PATH_SHAPES = {"commit_shares": (0.1, 0.25, 0.5, 0.75, 1.0), "escalate_shares": 
 reach 1 so that the path can skip as much of tier 0 as an end-only fit does (on mixed-long
 the end-only fit skips 60–87 % of requests; with ``select_family``'s default shares, at most
 50 %, the checkpointed fit cost 0.97 of always-large against the end-only fit's 0.89)."""
+PATH_FAMILIES = ("pareto", "single-shape")
+PATH_FAMILY = "pareto"
+"""The default testing sequence: Pareto Testing's front. With the single quantile path the
+mixed-long checkpointed fit cost 0.888 of always-large on the test split against the
+certified end-only fit's 0.871, although end-only with the checkpointed fit's own end/skip
+thresholds cost 0.823: tying every threshold to one level was the poor part."""
+PARETO_CANDIDATES = {"commit_shares": (0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
+                     "escalate_shares": (0.0, 0.1, 0.25, 0.5, 0.75),
+                     "skip_shares": tuple(round(0.1 * i, 1) for i in range(11)),
+                     "end_skip_grid": True, "checkpoint_grid": ()}
+"""``pareto_family``'s candidate set: 6 × 5 × 11 quantile-path shapes of ``levels``
+configurations each, plus the end-only end × skip grid (no one-checkpoint refinement)."""
 
 
 def parse_checkpoints(text: str) -> tuple[int, ...]:
@@ -326,10 +344,24 @@ def covers_checkpoints(statement: dict, checkpoints: Sequence[int], skip: bool, 
     return out
 
 
+def path_family(select: CheckpointData, target: str, alpha: float, delta: float, *, levels: int = 40,
+                p_value_kind: str = "binomial", kind: str = PATH_FAMILY) -> CheckpointFamily:
+    """The testing sequence of one group, from its select items only: ``pareto_family``
+    over ``PARETO_CANDIDATES`` (``kind="pareto"``) or ``select_family`` over ``PATH_SHAPES``
+    (``kind="single-shape"``, which also reads α, δ and the p-value to pick its shape)."""
+    if kind == "pareto":
+        return pareto_family(select, target, levels=levels, **PARETO_CANDIDATES)
+    if kind == "single-shape":
+        return select_family(select, target, alpha, delta, levels=levels, p_value_kind=p_value_kind,
+                             **PATH_SHAPES)
+    raise ValueError(f"path family must be one of {PATH_FAMILIES}, got {kind!r}")
+
+
 def fit_checkpoint_policy(select: CheckpointData, calibrate: CheckpointData, target: str, alpha: float,
                           delta: float, *, select_groups=None, calibrate_groups=None,
                           delta_split: str = "per-group", p_value_kind: str = "binomial", levels: int = 40,
-                          largest: str | None = None, small: str | None = None) -> CheckpointPolicy:
+                          largest: str | None = None, small: str | None = None,
+                          family: str = PATH_FAMILY) -> CheckpointPolicy:
     """Choose each path on ``select`` and certify it on ``calibrate`` (never the other way).
 
     Parameters
@@ -339,8 +371,9 @@ def fit_checkpoint_policy(select: CheckpointData, calibrate: CheckpointData, tar
     select_groups, calibrate_groups : (n_select,), (n_calibrate,) group labels, or both None
     delta_split : ``per-group`` (each group at δ) or ``bonferroni`` (each at δ/G, G the
         number of groups among the calibrate items: all hold at once w.p. >= 1 − δ)
-    p_value_kind, levels : the fixed-sequence test's p-value and the path's length
+    p_value_kind, levels : the fixed-sequence test's p-value and the quantile levels per path
     largest, small : tier names, for the guarantee's sentence
+    family : ``pareto`` (Pareto Testing, the default) or ``single-shape`` (``path_family``)
 
     Returns
     -------
@@ -355,11 +388,10 @@ def fit_checkpoint_policy(select: CheckpointData, calibrate: CheckpointData, tar
     if (select_groups is None) != (calibrate_groups is None):
         raise ValueError("give group labels for both the select and the calibrate split, or for neither")
     if calibrate_groups is None:
-        family = select_family(select, target, alpha, delta, levels=levels, p_value_kind=p_value_kind,
-                               **PATH_SHAPES)
-        fit = fit_checkpoints(calibrate, family, target, alpha, delta, p_value_kind, largest=largest)
+        path = path_family(select, target, alpha, delta, levels=levels, p_value_kind=p_value_kind, kind=family)
+        fit = fit_checkpoints(calibrate, path, target, alpha, delta, p_value_kind, largest=largest)
         statement = covers_checkpoints(fit.guarantee, calibrate.checkpoints, calibrate.has_skip, small)
-        return CheckpointPolicy(target, alpha, delta, None, delta, {ALL: fit}, {ALL: family}, ALL, False, statement)
+        return CheckpointPolicy(target, alpha, delta, None, delta, {ALL: fit}, {ALL: path}, ALL, False, statement)
     cal_labels = group_labels(calibrate_groups, calibrate.n)
     sel_labels = group_labels(select_groups, select.n)
     names = [str(g) for g in np.unique(cal_labels)]
@@ -370,8 +402,8 @@ def fit_checkpoint_policy(select: CheckpointData, calibrate: CheckpointData, tar
         if chosen.size == 0:
             raise FitError(f"group {g!r} has calibration items but no selection items, so its checkpoint path "
                            "cannot be fixed before calibration", "calibrate on more items of that group")
-        families[g] = select_family(select.subset(chosen), target, alpha, d, levels=levels,
-                                    p_value_kind=p_value_kind, **PATH_SHAPES)
+        families[g] = path_family(select.subset(chosen), target, alpha, d, levels=levels,
+                                  p_value_kind=p_value_kind, kind=family)
         fits[g] = fit_checkpoints(calibrate.subset(np.flatnonzero(cal_labels == g)), families[g], target, alpha, d,
                                   p_value_kind, largest=largest)
     fallback = _most_conservative(calibrate, fits, target)
@@ -488,7 +520,7 @@ def calibrate_checkpoints(config, records: list[dict], items: Sequence[Item], sp
                           skip_rule: SkipRule | None, target: str, alpha: float, delta: float, *,
                           groups=None, delta_split: str = "per-group",
                           checkpoints: Sequence[int] = DEFAULT_CHECKPOINTS, p_value_kind: str = "binomial",
-                          seed: int = 0, log=None) -> CheckpointCalibration:
+                          seed: int = 0, log=None, family: str = PATH_FAMILY) -> CheckpointCalibration:
     """Train the prefix rules (train split), fix each group's path (select split), fit it
     (calibrate split).
 
@@ -503,6 +535,7 @@ def calibrate_checkpoints(config, records: list[dict], items: Sequence[Item], sp
     target, alpha, delta : the guarantee
     groups : (n,) group labels of all calibration items, or None
     delta_split, checkpoints, p_value_kind, seed : as in ``vcascade calibrate``
+    family : the testing sequence, ``pareto`` (default) or ``single-shape`` (``path_family``)
 
     Returns
     -------
@@ -524,7 +557,7 @@ def calibrate_checkpoints(config, records: list[dict], items: Sequence[Item], sp
         select, calibrate, target, alpha, delta,
         select_groups=None if labels is None else labels[splits.select],
         calibrate_groups=None if labels is None else labels[splits.calibrate],
-        delta_split=delta_split, p_value_kind=p_value_kind, largest=names[-1], small=names[0])
+        delta_split=delta_split, p_value_kind=p_value_kind, largest=names[-1], small=names[0], family=family)
     return CheckpointCalibration(prefix, policy, calibrate, None if labels is None else labels[splits.calibrate])
 
 
@@ -558,8 +591,9 @@ def format_checkpoint_table(figures: dict, alpha: float, target: str = "quality-
 
 
 __all__ = [
-    "ALL", "DEFAULT_CHECKPOINTS", "EARLY_TOKENS", "PATH_SHAPES", "CheckpointCalibration", "CheckpointPolicy",
+    "ALL", "DEFAULT_CHECKPOINTS", "EARLY_TOKENS", "PARETO_CANDIDATES", "PATH_FAMILIES", "PATH_FAMILY",
+    "PATH_SHAPES", "CheckpointCalibration", "CheckpointPolicy",
     "PrefixRules", "calibrate_checkpoints", "check_checkpointable", "checkpoint_data", "covers_checkpoints",
     "deployed_configs", "end_only_fit_configs", "fit_checkpoint_policy", "format_checkpoint_table",
-    "parse_checkpoints", "policy_section", "small_price", "train_prefix_rules",
+    "parse_checkpoints", "path_family", "policy_section", "small_price", "train_prefix_rules",
 ]

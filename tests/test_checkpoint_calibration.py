@@ -160,7 +160,8 @@ def test_grouped_checkpoint_artifact_follows_the_contract_and_evaluate_reports_i
     for g, fit in record["groups"].items():
         assert fit["delta"] == pytest.approx(0.1) and fit["method"] == "fixed-sequence-checkpoints"
         assert fit["config"]["end"] == configs[g].end and tuple(fit["config"]["commit"]) == configs[g].commit
-        assert fit["family"]["selected_by"]["delta"] == pytest.approx(0.1)
+        assert fit["family"]["kind"] == "pareto-front" and fit["family"]["selected_by"]["split"] == "select"
+        assert fit["family"]["select_risk"][0] == 0.0  # the sequence starts at always-escalate
     assert fallback_name == policy["fallback_group"]
     statement = artifact["guarantee"]
     assert statement["covers"] == "checkpointed policy" and statement["checkpoints"] == block["tokens"]
@@ -330,6 +331,13 @@ def test_the_path_is_fixed_on_the_select_split_and_groups_share_delta():
     assert set(figures["groups"]) == {"a", "b"} and figures["pooled"]["n"] == 800
     single = fit_checkpoint_policy(select, calibrate, "quality-loss", 0.1, 0.1)
     assert not single.grouped and single.fallback_group == ALL and single.guarantee["covers"] == "checkpointed policy"
+    assert single.families[ALL].description["kind"] == "pareto-front"
+    # the old single-shape quantile path stays available
+    shape = fit_checkpoint_policy(select, calibrate, "quality-loss", 0.1, 0.1, family="single-shape", **kw)
+    assert all(f.description["kind"] == "quantile-path" and f.description["selected_by"]["delta"] == 0.05
+               for f in shape.families.values())
+    with pytest.raises(ValueError, match="path family"):
+        fit_checkpoint_policy(select, calibrate, "quality-loss", 0.1, 0.1, family="grid")
     with pytest.raises(FitError, match="no selection items"):
         fit_checkpoint_policy(select, calibrate, "quality-loss", 0.1, 0.1, select_groups=np.array(["a"] * 400),
                               calibrate_groups=cal_groups)
