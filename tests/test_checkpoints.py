@@ -458,3 +458,25 @@ def test_pareto_testing_holds_with_probability_1_minus_delta_and_the_naive_rule_
     assert out["cost"]["cheapest"] <= out["cost"]["last"] + 1e-12
     assert share["naive"] > DELTA + SLACK, ("the check must fail with the plain empirical-risk rule", out)
     assert out["mean_risk"]["naive"] > out["mean_risk"]["last"]
+
+
+def test_an_answer_that_can_no_longer_escalate_is_committed_at_once_with_the_same_routing():
+    from vcascade.calibration.conformal.checkpoints import commit_when_decided
+
+    rng = np.random.default_rng(3)
+    n, ks = 400, (8, 16, 32)
+    lengths = rng.integers(1, 60, n)
+    scores = rng.normal(size=(n, 3))
+    scores[lengths[:, None] < np.array(ks)[None, :]] = np.nan
+    correct = rng.random((n, 2)) < [0.4, 0.6]
+    prefix_costs = np.where(np.isnan(scores), np.nan, np.array(ks, dtype=float)[None, :])
+    data = CheckpointData(np.array(ks), scores, rng.normal(size=n), lengths, correct, prefix_costs,
+                          lengths.astype(float), np.full(n, 100.0), rng.normal(size=n))
+    keeps_all = CheckpointConfig(ks, (math.inf, 1.0, math.inf), (0.5, -math.inf, -math.inf), -math.inf, -0.5)
+    released = commit_when_decided(keeps_all)
+    assert released.commit == (math.inf, -math.inf, math.inf)  # from 16 on nothing escalates: commit at 16
+    before, after = route(data, keeps_all), route(data, released)
+    assert np.array_equal(before.kept, after.kept) and np.allclose(before.cost, after.cost)
+    assert (after.kinds == "commit").sum() > (before.kinds == "commit").sum()
+    decided_at_end = CheckpointConfig(ks, (math.inf,) * 3, (-math.inf,) * 3, 0.0, -0.5)
+    assert commit_when_decided(decided_at_end) == decided_at_end  # the end rule still decides: nothing to release

@@ -86,7 +86,7 @@ Shapes: n items, m checkpoints, G configurations on a path.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -311,6 +311,29 @@ class CheckpointConfig:
 
         return cls(tuple(data["checkpoints"]), floats(data["commit"]), floats(data["escalate"]), float(data["end"]),
                    None if data.get("skip") is None else float(data["skip"]))
+
+
+def commit_when_decided(config: CheckpointConfig) -> CheckpointConfig:
+    """``config`` with its answers committed at the first checkpoint from which none can escalate.
+
+    When the end rule keeps every finished answer (``end = -inf``) and no checkpoint from J on
+    escalates (``escalate[j] = -inf`` for j >= J), every answer reaching checkpoint J is kept
+    whatever its scores. Committing it there (``commit[J] = -inf``) routes every item to the
+    same tier at the same cost — a committed answer still runs to its end — so the losses the
+    certificate counted are unchanged, and the kept answer's text is released after k_J
+    tokens instead of at its end (time to first token). Other configurations are returned
+    as they are.
+    """
+    if config.end != -math.inf or not config.m:
+        return config
+    first = config.m
+    while first > 0 and config.escalate[first - 1] == -math.inf:
+        first -= 1
+    if first == config.m or config.commit[first] == -math.inf:
+        return config
+    commit = list(config.commit)
+    commit[first] = -math.inf
+    return replace(config, commit=tuple(commit))
 
 
 def _check_config(data: CheckpointData, config: CheckpointConfig) -> None:
@@ -751,7 +774,7 @@ def _fit(data: CheckpointData, family: CheckpointFamily, target: str, alpha: flo
             index = rejected - 1
         else:
             index = int(np.argmin(path_costs(data, family)[:rejected]))
-        config = family[index]
+        config = commit_when_decided(family[index])  # the same routing, released sooner
         k, m_risk = int(losses[index]), int(at_risk[index])
         routed = _verified_routing(data, config, target, k, m_risk)
     if correction:
