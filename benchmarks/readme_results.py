@@ -264,6 +264,33 @@ def long_form_section(deferral: dict, serving: dict | None) -> list[str]:
     return lines
 
 
+def checkpoint_section(test: dict) -> list[str]:
+    """The checkpointed default against the certified end-only fit on the same held-out items."""
+    ck = test["checkpoints"]
+    fit = ck["end_only_fit"]
+    early = ck["early_tokens"]
+    lines = [f"**Deciding mid-generation** (the default's checkpoints at {', '.join(map(str, ck['tokens']))} tokens of "
+             f"the small tier's answer; {test['n']} held-out items, per answer-length group and all together). "
+             "*end-only* is the certified end-only fit on the same calibration split (skip + end rule, no "
+             "checkpoints); cost relative to always-large in priced tokens and in engine seconds; *early* is the "
+             f"share of escalations decided within {early} small-tier tokens, among the requests that started "
+             "the small tier (a skip decides at 0); *wasted* is small-tier tokens generated per escalated request:", "",
+             "| traffic | n | quality loss (checkpointed / end-only) | cost tokens (checkpointed / end-only) | "
+             "cost engine s (checkpointed / end-only) | committed mid-generation | skipped | early (checkpointed / end-only) | "
+             "wasted (checkpointed / end-only) |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = [(g, ck["groups"][g], fit["groups"][g]) for g in sorted(ck["groups"])] + [("all", ck["pooled"], fit["pooled"])]
+    for name, c, e in rows:
+        seconds = c.get("seconds", {}).get("cost_ratio")
+        fit_seconds = e.get("seconds", {}).get("cost_ratio")
+        sec = f"{seconds:.3f} / {fit_seconds:.3f}" if seconds is not None and fit_seconds is not None else "-"
+        lines.append(f"| {name} | {c['n']} | {c['quality_loss']:.3f} / {e['quality_loss']:.3f} | "
+                     f"{c['cost_ratio']:.3f} / {e['cost_ratio']:.3f} | {sec} | {_pct(c['committed'])} | "
+                     f"{_pct(c['skipped'])} | {_pct(c['started_escalated_early_share'])} / "
+                     f"{_pct(e['started_escalated_early_share'])} | {c['wasted_tokens_mean']:.1f} / "
+                     f"{e['wasted_tokens_mean']:.1f} |")
+    return lines
+
+
 def render(root: Path = ROOT) -> str:
     """The Results section's markdown."""
     test = _load(root / "results/calibration/default_mixed_long-test.json") or \
@@ -279,6 +306,7 @@ def render(root: Path = ROOT) -> str:
     serving_long = _load(root / "results/serving-long/summary.json")
     parts = [
         calibrated_section(test, artifact) if test and artifact else _missing("make calibrate"),
+        *([checkpoint_section(test)] if test and test.get("checkpoints") else []),
         long_form_section(deferral_long, serving_long) if deferral_long else _missing("make bench-deferral"),
         deferral_section(deferral, artifact) if deferral else _missing("make bench-deferral"),
         serving_section(serving) if serving else _missing("make bench-serve"),

@@ -44,8 +44,9 @@ def test_default_cascade_serves_its_artifact_and_decides_by_it(default_cascade):
         assert first.tier == "qwen-0.5b"
         if first.decision == "skip":
             assert first.score < policy.skip_threshold and a.tier == "qwen-1.5b"
-        elif first.decision == "accept":
+        elif first.decision in ("accept", "commit"):  # kept at the end, or at a checkpoint
             assert first.score >= first.threshold and a.tier == "qwen-0.5b"
+            assert (first.checkpoint is not None) == (first.decision == "commit")
         else:
             assert first.decision == "escalate" and first.score < first.threshold and a.tier == "qwen-1.5b"
             assert a.trace[1].decision == "final"
@@ -78,6 +79,12 @@ def test_default_cascade_behind_the_server_answers_the_openai_client(default_cas
             policy = policy.for_group("short")[0]
         if first["decision"] == "skip":
             assert first["score"] < policy.skip_threshold and decision["tier"] == "qwen-1.5b"
+        elif first["checkpoint"]:  # decided mid-generation, at one of the artifact's checkpoints
+            j = policy.checkpoints.tokens.index(first["checkpoint"])
+            escalated = first["score"] < policy.checkpoints.escalate[j]
+            assert first["decision"] == ("escalate" if escalated else "commit")
+            assert escalated or first["score"] >= policy.checkpoints.commit[j]
+            assert decision["tier"] == ("qwen-1.5b" if escalated else "qwen-0.5b")
         else:
             kept = first["score"] >= policy.thresholds[0]
             assert first["decision"] == ("accept" if kept else "escalate")
