@@ -54,9 +54,9 @@ from vcascade.engine.uncertainty.prefix import answer_length, prefix_result, pre
 from vcascade.engine.uncertainty.rules import Rule, SkipRule
 
 from .conformal import FitError, group_delta, group_guarantee, group_labels
-from .conformal.checkpoints import (FIT_TARGETS, METHOD, CheckpointConfig, CheckpointData, CheckpointFamily,
+from .conformal.checkpoints import (FIT_TARGETS, METHOD, SKIP, CheckpointConfig, CheckpointData, CheckpointFamily,
                                     CheckpointFit, checkpoint_figures, checkpoint_losses, fit_checkpoints,
-                                    pareto_family, route, select_family, token_costs)
+                                    pareto_family, route, route_groups, select_family, token_costs)
 from .datasets import Item
 from .job import correctness, queries, results
 from .learning import Refusal, answer_feature_spec, target_labels, train
@@ -508,6 +508,15 @@ class CheckpointCalibration:
     def figures(self, early_tokens: int = EARLY_TOKENS) -> dict:
         return self.policy.figures(self.data, self.labels, early_tokens)
 
+    def served_routing(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(tier (n,), skipped (n,))`` of the calibrate items as the policy serves them, each
+        by its group's configuration (``route_groups``; ``route`` when not per group) — the
+        ``routed`` of ``monitoring.monitor_reference``."""
+        cp = self.policy
+        r = (route_groups(self.data, self.labels, cp.configs, cp.fallback_group) if cp.grouped
+             else route(self.data, cp.config))
+        return np.where(r.kept, 0, 1), r.decision == SKIP
+
 
 def small_price(config) -> tuple[float, float, float]:
     """(per item, per prompt token, per output token) of tier 0 at its token prices."""
@@ -561,39 +570,10 @@ def calibrate_checkpoints(config, records: list[dict], items: Sequence[Item], sp
     return CheckpointCalibration(prefix, policy, calibrate, None if labels is None else labels[splits.calibrate])
 
 
-def format_checkpoint_table(figures: dict, alpha: float, target: str = "quality-loss",
-                            end_only_fit: dict[str, float] | None = None) -> str:
-    """Per group (then pooled): n, realized loss of ``target``, cost vs always-large — checkpointed, end-only
-    with the same end/skip thresholds, and ``end_only_fit`` (the certified end-only policy's
-    cost per group, when given) — the early-escalation share, and per checkpoint the shares
-    of the group's items committed / escalated there."""
-    rows = dict(figures.get("groups") or {})
-    rows["pooled" if rows else ALL] = figures["pooled"]
-    first = next(iter(rows.values()))
-    ks = [k for k in first["decisions"] if k not in ("skip", "end")]
-    head = (f"{'group':<8}{'n':>6}{'loss':>8}{'cost':>7}{'end-only':>10}"
-            + (f"{'e-o fit':>9}" if end_only_fit else "") + f"{'early esc':>11}{'skip':>7}"
-            + "".join(f"{k + ' c/e':>14}" for k in ks) + f"{'end keep/esc':>15}")
-    lines = [head]
-    for name, f in rows.items():
-        n = max(f["n"], 1)
-        d = f["decisions"]
-        loss = f["accept_error"] if target == "accept-error" else f["quality_loss"]
-        mark = "  > α" if loss > alpha and name != "pooled" else ""
-        fit_cost = "" if not end_only_fit else (f"{end_only_fit[name]:>9.3f}" if name in end_only_fit
-                                                else f"{'-':>9}")
-        lines.append(
-            f"{name[:8]:<8}{f['n']:>6}{loss:>8.4f}{f['cost_ratio']:>7.3f}{f['cost_ratio_end_only']:>10.3f}"
-            + fit_cost + f"{f['escalated_early_share']:>11.1%}{d['skip']['escalate'] / n:>7.1%}"
-            + "".join(f"{d[k]['commit'] / n:>7.1%}/{d[k]['escalate'] / n:>6.1%}" for k in ks)
-            + f"{d['end']['keep'] / n:>8.1%}/{d['end']['escalate'] / n:>6.1%}" + mark)
-    return "\n".join(lines)
-
-
 __all__ = [
     "ALL", "DEFAULT_CHECKPOINTS", "EARLY_TOKENS", "PARETO_CANDIDATES", "PATH_FAMILIES", "PATH_FAMILY",
     "PATH_SHAPES", "CheckpointCalibration", "CheckpointPolicy",
     "PrefixRules", "calibrate_checkpoints", "check_checkpointable", "checkpoint_data", "covers_checkpoints",
-    "deployed_configs", "end_only_fit_configs", "fit_checkpoint_policy", "format_checkpoint_table",
-    "parse_checkpoints", "path_family", "policy_section", "small_price", "train_prefix_rules",
+    "deployed_configs", "end_only_fit_configs", "fit_checkpoint_policy", "parse_checkpoints",
+    "path_family", "policy_section", "small_price", "train_prefix_rules",
 ]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections import Counter
 import sys
@@ -22,14 +21,13 @@ from vcascade.engine.uncertainty.signals import SAMPLING_SIGNALS, get_signal
 
 from .conformal import (DEFAULT_DELTA, DELTA_SPLITS, P_VALUES, TARGETS, check_fittable, check_level,
                         conditional_quality_loss, fit_groups, fit_thresholds, price_of_guarantee)
+from .checkpoint_report import format_calibrated, format_checkpointed
 from .checkpointing import (DEFAULT_CHECKPOINTS, PrefixRules, calibrate_checkpoints, check_checkpointable,
-                            checkpoint_data, deployed_configs, end_only_fit_configs, format_checkpoint_table,
-                            parse_checkpoints, policy_section, small_price)
-from .conformal.checkpoints import SKIP, route, route_groups
+                            parse_checkpoints, policy_section)
 from .datasets import GROUP_FIELDS, dataset_fingerprint, group_of, load_dataset, split
 from .embeddings import prompt_embeddings
-from .evaluation import (breakdown, evaluate_checkpointed, evaluate_policy, format_checkpointed, format_evaluation,
-                         format_groups, group_table, read_timing, seconds_costs)
+from .evaluation import (breakdown, evaluate_deployed_checkpoints, evaluate_policy, format_evaluation, format_groups,
+                         group_table, read_timing)
 from .from_log import dataset_from_log
 from .job import calibration_data, collect, token_costs
 from .monitoring import monitor_reference
@@ -192,10 +190,7 @@ def cmd_calibrate(args) -> int:
     routed = None
     if checkpointed is not None:
         policy = policy_section(checkpointed.policy, checkpointed.prefix, rules[0], skip, args.group_by)
-        cp = checkpointed.policy
-        r = (route_groups(checkpointed.data, checkpointed.labels, cp.configs, cp.fallback_group) if cp.grouped
-             else route(checkpointed.data, cp.config))
-        routed = (np.where(r.kept, 0, 1), r.decision == SKIP)
+        routed = checkpointed.served_routing()
     artifact = {
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -248,28 +243,9 @@ def cmd_calibrate(args) -> int:
               f"{dict(zip(names, (round(a, 3) for a in fit.acceptance)))}"
               + (f", skipped {fit.skipped:.1%}" if skip else "") + f"; cost vs always-{names[-1]} {fit.cost_ratio:.2f}")
     if checkpointed is not None:
-        _print_checkpoints(checkpointed, artifact, grouped, fit, args)
+        print(format_calibrated(checkpointed, artifact["figures"], grouped, fit, args.alpha, args.target))
     print(f"artifact: {out}\nreport:   {report}")
     return 0
-
-
-def _print_checkpoints(checkpointed, artifact: dict, grouped, fit, args) -> None:
-    """The checkpointed policy in a few lines: feasibility, the guarantee, the table."""
-    cp, prefix = checkpointed.policy, checkpointed.prefix
-    infeasible = [g for g, f in cp.fits.items() if not f.feasible]
-    verdict = ("feasible" + (" in every group" if cp.grouped else "")) if not infeasible else \
-        f"INFEASIBLE in {', '.join(infeasible)}: always escalate there"
-    dropped = "; dropped " + ", ".join(f"{d['tokens']} ({d['reason']})" for d in prefix.dropped) \
-        if prefix.dropped else ""
-    print(f"checkpointed policy (deployed), checkpoints {list(prefix.checkpoints)} tokens{dropped}: {verdict}")
-    if grouped:
-        end_only_fit = {g: row["cost_ratio"] for g, row in artifact["figures"]["groups"].items()}
-        end_only_fit["pooled"] = grouped.pooled["cost_ratio"]
-    else:
-        end_only_fit = {"all": fit.cost_ratio}
-    print("calibration split; cost vs always-largest: checkpointed, end-only with the same end/skip thresholds, "
-          "the certified end-only fit ('e-o fit'); per checkpoint the shares committed / escalated there:")
-    print(format_checkpoint_table(artifact["figures"]["checkpoints"], args.alpha, args.target, end_only_fit))
 
 
 def _verdict(grouped, fit) -> str:
@@ -319,8 +295,8 @@ def cmd_evaluate(args) -> int:
     figures.update(dataset=dataset, split=args.split, alpha=artifact["alpha"], delta=artifact["delta"],
                    guarantee=guarantee_statement(artifact), artifact=str(args.artifact), group_by=group_by)
     if prefix is not None:
-        _deployed_checkpoints(figures, artifact, config, records, items, policy, prefix, labels, group_by,
-                              embeddings, timing)
+        evaluate_deployed_checkpoints(figures, artifact, config, records, items, policy, prefix, labels, group_by,
+                                      embeddings, timing)
     print(format_evaluation(figures, artifact["alpha"]))
     print(("per group (calibrated per group):" if group_by else
            "per source (one policy for the mix; no per-group guarantee):"))
@@ -333,52 +309,6 @@ def cmd_evaluate(args) -> int:
     if args.json:
         _write_json(Path(args.json), figures)
     return 0
-
-
-END_ONLY_KEYS = ("risk", "quality_loss", "accuracy", "escalated", "skipped", "cost_ratio", "conditional_quality_loss",
-                 "answered_by", "groups", "sources")
-
-
-def _deployed_checkpoints(figures: dict, artifact: dict, config, records, items, policy, prefix, labels, group_by,
-                          embeddings, timing) -> None:
-    """Replace ``figures``' policy figures by those of the deployed checkpointed policy (each
-    item routed by its group's configuration through ``conformal.checkpoints.route``); the
-    end-only figures with the same end/skip thresholds move to ``figures["end_only"]`` and the
-    checkpoint breakdown (per group, per source, engine seconds when timed) to
-    ``figures["checkpoints"]``, with the certified end-only fit the artifact also records
-    beside it (``figures["checkpoints"]["end_only_fit"]``, the same breakdown)."""
-    names = [t.name for t in config.tiers]
-    configs, fallback = deployed_configs(artifact["policy"])
-    costs = token_costs(config, records, items)
-    data = checkpoint_data(records, items, prefix, policy.rules[0], policy.skip, costs[:, [0, -1]],
-                           small_price(config), embeddings)
-    seconds = None
-    if timing is not None:
-        timed_costs, timed_small = seconds_costs(records, items, timing, names)
-        seconds = checkpoint_data(records, items, prefix, policy.rules[0], policy.skip, timed_costs[:, [0, -1]],
-                                  timed_small, embeddings)
-    route_labels = np.asarray(labels if group_by else [fallback] * len(items)).astype(str)
-    tables = {"groups": labels}
-    if group_by and group_by != "source":
-        tables["sources"] = [item.source for item in items]
-    checkpointed = evaluate_checkpointed(data, configs, fallback, route_labels, tables, artifact["target"], seconds)
-    fit_configs, fit_fallback = end_only_fit_configs(artifact)  # what calibrate without --checkpoints deploys
-    checkpointed["end_only_fit"] = evaluate_checkpointed(
-        data, fit_configs, fit_fallback, labels if group_by else [fit_fallback] * len(items), tables,
-        artifact["target"], seconds)
-    if timing is not None:
-        checkpointed["timing"] = timing
-    figures["end_only"] = {k: figures[k] for k in END_ONLY_KEYS if k in figures}
-    pooled = checkpointed["pooled"]
-    right = data.correct[:, 1]
-    figures.update(
-        deployed="checkpoints", checkpoints=checkpointed, risk=pooled["risk"], quality_loss=pooled["quality_loss"],
-        accuracy=pooled["accuracy"], escalated=pooled["escalated"], skipped=pooled["skipped"],
-        cost_ratio=pooled["cost_ratio"],
-        conditional_quality_loss=float(pooled["quality_loss"] * data.n / right.sum()) if right.any() else math.nan,
-        answered_by={names[0]: pooled["kept"], names[-1]: 1.0 - pooled["kept"]}, groups=checkpointed["groups"])
-    if "sources" in checkpointed:
-        figures["sources"] = checkpointed["sources"]
 
 
 def register_calibrate(sub) -> None:

@@ -3,7 +3,9 @@ for the whole set and per group (a per-group artifact's groups, else each item's
 
 A policy is applied exactly as the server applies it: one configuration (thresholds
 [, skip threshold]) per item, the item's group's when the policy has groups
-(``Policy.for_group``; unknown groups get the fallback group's).
+(``Policy.for_group``; unknown groups get the fallback group's). A checkpointed artifact's
+policy is applied item by item through ``conformal.checkpoints.route`` with the
+configurations ``checkpointing.deployed_configs`` reads (``evaluate_deployed_checkpoints``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import numpy as np
 
 from vcascade.engine.policy import Policy
 
+from .checkpointing import checkpoint_data, deployed_configs, end_only_fit_configs, small_price
 from .conformal import CalibrationData, GroupFit, item_losses, paid, routing
 from .conformal.checkpoints import CheckpointConfig, CheckpointData, checkpoint_figures
+from .job import token_costs
 
 
 def policy_config(policy: Policy, group: str | None = None) -> list[float]:
@@ -209,40 +213,51 @@ def evaluate_checkpointed(data: CheckpointData, configs: dict[str, CheckpointCon
     return out
 
 
-def format_checkpointed(figures: dict, alpha: float, tables: Sequence[str] = ("groups", "sources")) -> str:
-    """The checkpointed figures for people. Per row: n, realized risk and cost vs
-    always-largest (tokens; engine seconds when timed) of the checkpointed policy and, when
-    ``figures["end_only_fit"]`` is there, of the certified end-only fit; the cost of end-only
-    deferral with the checkpointed policy's own end/skip thresholds; the share of
-    escalations decided within the early-token limit (all / those that started tier 0); the
-    small-tier tokens wasted per escalated request (checkpointed / end-only fit)."""
-    timed = "seconds" in figures["pooled"]
-    fit = figures.get("end_only_fit")
-    head = (f"{'':<16}{'n':>6}{'risk':>8}{'cost':>7}" + (f"{'sec':>7}" if timed else "")
-            + (f"{'fit risk':>9}{'fit cost':>9}" + (f"{'fit sec':>8}" if timed else "") if fit else "")
-            + f"{'same-thr':>9}{'early esc':>11}{'started':>9}{'wasted':>8}" + (f"{'fit wasted':>11}" if fit else ""))
-    lines = [f"checkpointed policy at {figures['tokens']} tokens; cost vs always-largest; 'fit': the certified "
-             "end-only fit; 'same-thr': end-only with the checkpointed policy's end/skip thresholds (not certified); "
-             f"early: escalations decided within {figures['early_tokens']} small-tier tokens (all; of those that "
-             "started the small tier); wasted: small-tier tokens per escalated request", head]
+END_ONLY_KEYS = ("risk", "quality_loss", "accuracy", "escalated", "skipped", "cost_ratio", "conditional_quality_loss",
+                 "answered_by", "groups", "sources")
+"""The end-only figures ``evaluate_deployed_checkpoints`` keeps under ``figures["end_only"]``."""
 
-    def line(name: str, f: dict, g: dict | None) -> str:
-        mark = "  > α" if f["risk"] > alpha else ""
-        out = f"{name[:16]:<16}{f['n']:>6}{f['risk']:>8.4f}{f['cost_ratio']:>7.3f}"
-        out += f"{f['seconds']['cost_ratio']:>7.3f}" if timed else ""
-        if g is not None:
-            out += f"{g['risk']:>9.4f}{g['cost_ratio']:>9.3f}"
-            out += f"{g['seconds']['cost_ratio']:>8.3f}" if timed else ""
-        out += (f"{f['cost_ratio_end_only']:>9.3f}{f['escalated_early_share']:>11.1%}"
-                f"{f['started_escalated_early_share']:>9.1%}{f['wasted_tokens_mean']:>8.1f}")
-        return out + (f"{g['wasted_tokens_mean']:>11.1f}" if g is not None else "") + mark
 
-    lines.append(line("all", figures["pooled"], fit["pooled"] if fit else None))
-    for table in tables:
-        if figures.get(table):
-            lines.append(f"per {table[:-1]}:")
-            lines += [line(name, f, fit[table][name] if fit else None) for name, f in figures[table].items()]
-    return "\n".join(lines)
+def evaluate_deployed_checkpoints(figures: dict, artifact: dict, config, records, items, policy, prefix, labels,
+                                  group_by, embeddings, timing) -> None:
+    """Replace ``figures``' policy figures by those of the deployed checkpointed policy (each
+    item routed by its group's configuration through ``conformal.checkpoints.route``); the
+    end-only figures with the same end/skip thresholds move to ``figures["end_only"]`` and the
+    checkpoint breakdown (per group, per source, engine seconds when timed) to
+    ``figures["checkpoints"]``, with the certified end-only fit the artifact also records
+    beside it (``figures["checkpoints"]["end_only_fit"]``, the same breakdown)."""
+    names = [t.name for t in config.tiers]
+    configs, fallback = deployed_configs(artifact["policy"])
+    costs = token_costs(config, records, items)
+    data = checkpoint_data(records, items, prefix, policy.rules[0], policy.skip, costs[:, [0, -1]],
+                           small_price(config), embeddings)
+    seconds = None
+    if timing is not None:
+        timed_costs, timed_small = seconds_costs(records, items, timing, names)
+        seconds = checkpoint_data(records, items, prefix, policy.rules[0], policy.skip, timed_costs[:, [0, -1]],
+                                  timed_small, embeddings)
+    route_labels = np.asarray(labels if group_by else [fallback] * len(items)).astype(str)
+    tables = {"groups": labels}
+    if group_by and group_by != "source":
+        tables["sources"] = [item.source for item in items]
+    checkpointed = evaluate_checkpointed(data, configs, fallback, route_labels, tables, artifact["target"], seconds)
+    fit_configs, fit_fallback = end_only_fit_configs(artifact)  # what calibrate without --checkpoints deploys
+    checkpointed["end_only_fit"] = evaluate_checkpointed(
+        data, fit_configs, fit_fallback, labels if group_by else [fit_fallback] * len(items), tables,
+        artifact["target"], seconds)
+    if timing is not None:
+        checkpointed["timing"] = timing
+    figures["end_only"] = {k: figures[k] for k in END_ONLY_KEYS if k in figures}
+    pooled = checkpointed["pooled"]
+    right = data.correct[:, 1]
+    figures.update(
+        deployed="checkpoints", checkpoints=checkpointed, risk=pooled["risk"], quality_loss=pooled["quality_loss"],
+        accuracy=pooled["accuracy"], escalated=pooled["escalated"], skipped=pooled["skipped"],
+        cost_ratio=pooled["cost_ratio"],
+        conditional_quality_loss=float(pooled["quality_loss"] * data.n / right.sum()) if right.any() else math.nan,
+        answered_by={names[0]: pooled["kept"], names[-1]: 1.0 - pooled["kept"]}, groups=checkpointed["groups"])
+    if "sources" in checkpointed:
+        figures["sources"] = checkpointed["sources"]
 
 
 def read_timing(path, tier_names: Sequence[str]) -> dict[str, dict]:
@@ -275,5 +290,6 @@ def seconds_costs(records: list[dict], items, timing: dict[str, dict], tier_name
     return costs, (small["per_item"], small["per_prompt_token"], small["per_output_token"])
 
 
-__all__ = ["breakdown", "evaluate_checkpointed", "evaluate_policy", "format_checkpointed", "format_evaluation",
-           "format_groups", "group_table", "policy_config", "read_timing", "route_items", "seconds_costs"]
+__all__ = ["END_ONLY_KEYS", "breakdown", "evaluate_checkpointed", "evaluate_deployed_checkpoints", "evaluate_policy",
+           "format_evaluation", "format_groups", "group_table", "policy_config", "read_timing", "route_items",
+           "seconds_costs"]

@@ -345,7 +345,7 @@ def test_tampered_counts_fail_the_certificate_recheck(world, monkeypatch):
         losses, at_risk = honest(data, fam, target)
         return np.maximum(losses - 2, 0), at_risk  # under-counted losses, as a buggy shortcut would
 
-    monkeypatch.setattr(ck, "path_counts", tampered)
+    monkeypatch.setattr(ck.fit, "path_counts", tampered)  # where fit_checkpoints looks it up
     with pytest.raises(CertificateError, match="deployed rule gives"):
         fit_checkpoints(cal, family, "quality-loss", ALPHA, DELTA)
 
