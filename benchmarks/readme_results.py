@@ -217,8 +217,10 @@ def long_form_section(deferral: dict, serving: dict | None) -> list[str]:
                     None)
     alpha = deferral["alpha"]
     lines = [f"**Long-form requests** (worked reasoning and code, each item with its own system turn and "
-             f"`max_tokens`; held-out items of `{deferral['dataset']}`, the default's own per-length-group "
-             f"thresholds; cost relative to always-large, in tokens × price and in engine seconds). The guarantee "
+             f"`max_tokens`; held-out items of `{deferral['dataset']}`, from `make bench-deferral` of "
+             f"{deferral.get('created', 'an earlier day')}, which routes by the end-only per-length-group "
+             f"thresholds of the default it ran with (the checkpointed default's per-set figures are in the table "
+             f"above); cost relative to always-large, in tokens × price and in engine seconds). The guarantee "
              f"bounds the quality loss by α = {alpha} in each answer-length group — **long-form** is the long "
              "group's held-out items, the last row all of them; every other row is one set's figure, which "
              "a guarantee per length group does not bound:", "",
@@ -272,21 +274,25 @@ def checkpoint_section(test: dict) -> list[str]:
     lines = [f"**Deciding mid-generation** (the default's checkpoints at {', '.join(map(str, ck['tokens']))} tokens of "
              f"the small tier's answer; {test['n']} held-out items, per answer-length group and all together). "
              "*end-only* is the certified end-only fit on the same calibration split (skip + end rule, no "
-             "checkpoints); cost relative to always-large in priced tokens and in engine seconds; *early* is the "
-             f"share of escalations decided within {early} small-tier tokens, among the requests that started "
-             "the small tier (a skip decides at 0); *wasted* is small-tier tokens generated per escalated request:", "",
-             "| traffic | n | quality loss (checkpointed / end-only) | cost tokens (checkpointed / end-only) | "
-             "cost engine s (checkpointed / end-only) | committed mid-generation | skipped | early (checkpointed / end-only) | "
-             "wasted (checkpointed / end-only) |", "|---|---|---|---|---|---|---|---|---|"]
+             "checkpoints); cost relative to always-large in tokens × price; *early* is the share of escalations "
+             f"decided within {early} small-tier tokens among the requests that started the small tier (– when "
+             "none of them escalated; a skip decides at 0); *wasted* is small-tier tokens generated per escalated "
+             "request:", "",
+             "| traffic | n | quality loss (checkpointed / end-only) | cost (checkpointed / end-only) | "
+             "committed mid-generation | skipped | early (checkpointed / end-only) | wasted (checkpointed / end-only) |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def early_share(figures: dict) -> str:
+        started = figures["escalated"] - figures["skipped"]
+        return _pct(figures["started_escalated_early_share"]) if started * figures["n"] >= 0.5 else "–"
+
     rows = [(g, ck["groups"][g], fit["groups"][g]) for g in sorted(ck["groups"])] + [("all", ck["pooled"], fit["pooled"])]
+    rows += [(f"{g} (a set of the long group)", ck["sources"][g], fit["sources"][g])
+             for g in LONG_SETS if g in ck.get("sources", {}) and g in fit.get("sources", {})]
     for name, c, e in rows:
-        seconds = c.get("seconds", {}).get("cost_ratio")
-        fit_seconds = e.get("seconds", {}).get("cost_ratio")
-        sec = f"{seconds:.3f} / {fit_seconds:.3f}" if seconds is not None and fit_seconds is not None else "-"
         lines.append(f"| {name} | {c['n']} | {c['quality_loss']:.3f} / {e['quality_loss']:.3f} | "
-                     f"{c['cost_ratio']:.3f} / {e['cost_ratio']:.3f} | {sec} | {_pct(c['committed'])} | "
-                     f"{_pct(c['skipped'])} | {_pct(c['started_escalated_early_share'])} / "
-                     f"{_pct(e['started_escalated_early_share'])} | {c['wasted_tokens_mean']:.1f} / "
+                     f"{c['cost_ratio']:.3f} / {e['cost_ratio']:.3f} | {_pct(c['committed'])} | "
+                     f"{_pct(c['skipped'])} | {early_share(c)} / {early_share(e)} | {c['wasted_tokens_mean']:.1f} / "
                      f"{e['wasted_tokens_mean']:.1f} |")
     return lines
 

@@ -285,7 +285,8 @@ def main(argv=None) -> int:
                 proc.kill()
     summary = {"created": time.strftime("%Y-%m-%d"), "machine": machine(), "config": config.source,
                "artifact": config.artifact, "tiers": {"small": small.name, "large": large.name},
-               "num_prompts": len(items), "output_len": output_len, "runs": [r[0] for r in runs],
+               "num_prompts": len(items), "output_len": output_len,
+               "budgets": sorted({it.max_tokens or output_len for it in items}), "runs": [r[0] for r in runs],
                "results": {s: {r: {k: v for k, v in row.items() if k not in ("latencies", "ttfts")}
                                for r, row in rows.items()} for s, rows in results.items()},
                "ratios": ratios(results)}
@@ -321,9 +322,12 @@ def _f(x, d=2):
 
 def render(summary: dict) -> str:
     m = summary["machine"]
+    budgets = summary.get("budgets") or [summary["output_len"]]
+    length = (f"up to {budgets[0]} output tokens" if len(budgets) == 1 else
+              f"each with its own max_tokens ({', '.join(map(str, budgets))})")
     lines = [f"# Serving: vcascade serve vs vllm serve ({summary['created']})", "",
              f"Machine: {m['cores']} CPU cores ({m['cpu']}), no GPU; every system on the same cores, one after "
-             f"another. {summary['num_prompts']} held-out prompts per run, up to {summary['output_len']} output tokens, "
+             f"another. {summary['num_prompts']} held-out prompts per run, {length}, "
              "greedy; load from `vllm bench serve` (openai-chat, Poisson arrivals).", "",
              "| system | run | req/s | out tok/s | TTFT p50 / p99 (ms) | TPOT p50 (ms) | E2E p50 / p99 (ms) | failed | "
              "accuracy |", "|---|---|---|---|---|---|---|---|---|"]

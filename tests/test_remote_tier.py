@@ -200,3 +200,25 @@ def test_vcascade_serve_with_a_remote_last_tier_answers_the_openai_client(remote
                                                        messages=[{"role": "user", "content": PROMPTS[0]}]))
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == \
             response.choices[0].message.content
+
+
+def test_several_front_ends_over_the_same_engine_servers_decide_alike(tiny_models, remote):
+    """The README's scale-out recipe: every tier remote (one engine server per model), N
+    ``vcascade serve`` front ends over them, each deciding on its own with the same policy:
+    the same requests get the same answers and decisions from every front end, and the
+    engine server batches for all of them."""
+    config = parse_config({"signal": "mean_logprob", "tiers": [
+        remote_tier_dict(remote, name="small", threshold=-1.0), remote_tier_dict(remote, name="large")]})
+    fronts = [Cascade(run(build_tiers(config, warmup_batch=0)), Policy.from_signal("mean_logprob", (-1.0,)))
+              for _ in range(2)]
+    with serve_app(create_app(fronts[0])) as first, serve_app(create_app(fronts[1])) as second:
+        replies = []
+        for url in (first, second):
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+            replies.append([client.chat.completions.create(model="vcascade", messages=[{"role": "user", "content": p}])
+                            for p in PROMPTS])
+    for a, b in zip(*replies):
+        assert a.choices[0].message.content == b.choices[0].message.content
+        assert [s["decision"] for s in a.model_extra["cascade"]["trace"]] == \
+            [s["decision"] for s in b.model_extra["cascade"]["trace"]]
+    assert {r.model_extra["cascade"]["model"] for r in replies[0]} == {"tiny-remote"}
