@@ -27,6 +27,7 @@ from vcascade.engine import cli
 from vcascade.engine.artifact import policy_from_artifact, read_artifact, tier_identity
 from vcascade.engine.config import load_config
 from tests.conftest import tiny_tier_dict
+from tests.test_calibration_job import tiny_config  # noqa: F401 (the same tiny two-tier config file, as a fixture)
 
 BUDGET = 12  # the tiny tiers' max_tokens; long items ask for 24
 POLICY_KEYS = {"rules", "thresholds", "skip", "skip_threshold", "checkpoints"}
@@ -80,15 +81,6 @@ def write_dataset_and_cache(path, config_path, items, records) -> None:
             for item in loaded:
                 key = cache.request_key(to_request(item))
                 fh.write(json.dumps({"key": key, "id": item.id, "result": per_tier[item.id]["result"]}) + "\n")
-
-
-@pytest.fixture
-def tiny_config(tmp_path, tiny_models):
-    tiers = [tiny_tier_dict(n, p) for n, p in tiny_models.items()]
-    tiers[0]["threshold"] = -1.0
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"signal": "mean_logprob", "tiers": tiers}))
-    return path
 
 
 @pytest.fixture
