@@ -246,21 +246,31 @@ def checkpoint_data(records: list[dict], items: Sequence[Item], prefix: PrefixRu
     end scores (n,), lengths (n,), correctness (n, 2), prefix costs (n, m), full costs and,
     with a skip rule, skip scores (n,).
     """
-    costs = np.asarray(costs, dtype=np.float64)
-    if costs.shape != (len(items), 2):
-        raise ValueError(f"costs must have shape ({len(items)}, 2) (small, large), got {costs.shape}")
     qs = queries(items, embeddings)
     small = results(records[0], items)
-    lengths = np.array([answer_length(r) for r in small], dtype=np.int64)
-    per_item, per_prompt, per_output = (float(v) for v in small_price)
-    prompt = np.array([r.prompt_tokens for r in small], dtype=np.float64)
-    prefix_costs, _ = token_costs(prompt, lengths, prefix.checkpoints, per_prompt, per_output)
     return CheckpointData(
         checkpoints=np.asarray(prefix.checkpoints), scores=prefix.scores(qs, small),
-        end_scores=np.asarray(end_rule.score_many(qs, small), dtype=np.float64), lengths=lengths,
-        correct=correctness(records, items)[:, [0, -1]], prefix_costs=prefix_costs + per_item,
-        small_costs=costs[:, 0], large_costs=costs[:, 1],
-        skip_scores=None if skip_rule is None else np.asarray(skip_rule.score_many(qs), dtype=np.float64))
+        end_scores=np.asarray(end_rule.score_many(qs, small), dtype=np.float64),
+        lengths=np.array([answer_length(r) for r in small], dtype=np.int64),
+        correct=correctness(records, items)[:, [0, -1]],
+        skip_scores=None if skip_rule is None else np.asarray(skip_rule.score_many(qs), dtype=np.float64),
+        **checkpoint_costs(small, prefix.checkpoints, costs, small_price))
+
+
+def checkpoint_costs(small: Sequence, checkpoints: Sequence[int], costs: np.ndarray,
+                     small_price: tuple[float, float, float]) -> dict[str, np.ndarray]:
+    """The cost arrays of ``CheckpointData`` for n small-tier answers ``small``: ``prefix_costs``
+    (n, m) = per item + prompt tokens · per prompt token + k_j · per output token, and
+    ``small_costs``, ``large_costs`` (n,) from ``costs`` (n, 2). Pricing the same scored data
+    another way (engine seconds) is ``dataclasses.replace(data, **checkpoint_costs(...))``."""
+    costs = np.asarray(costs, dtype=np.float64)
+    if costs.shape != (len(small), 2):
+        raise ValueError(f"costs must have shape ({len(small)}, 2) (small, large), got {costs.shape}")
+    per_item, per_prompt, per_output = (float(v) for v in small_price)
+    lengths = np.array([answer_length(r) for r in small], dtype=np.int64)
+    prompt = np.array([r.prompt_tokens for r in small], dtype=np.float64)
+    prefix_costs, _ = token_costs(prompt, lengths, checkpoints, per_prompt, per_output)
+    return {"prefix_costs": prefix_costs + per_item, "small_costs": costs[:, 0], "large_costs": costs[:, 1]}
 
 
 # ---------------------------------------------------------------- the fit (select + calibrate splits)

@@ -11,16 +11,17 @@ configurations ``checkpointing.deployed_configs`` reads (``evaluate_deployed_che
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
 
 from vcascade.engine.policy import Policy
 
-from .checkpointing import checkpoint_data, deployed_configs, end_only_fit_configs, small_price
+from .checkpointing import checkpoint_costs, checkpoint_data, deployed_configs, end_only_fit_configs, small_price
 from .conformal import CalibrationData, GroupFit, item_losses, paid, routing
 from .conformal.checkpoints import CheckpointConfig, CheckpointData, checkpoint_figures
-from .job import token_costs
+from .job import results, token_costs
 
 
 def policy_config(policy: Policy, group: str | None = None) -> list[float]:
@@ -234,8 +235,8 @@ def evaluate_deployed_checkpoints(figures: dict, artifact: dict, config, records
     seconds = None
     if timing is not None:
         timed_costs, timed_small = seconds_costs(records, items, timing, names)
-        seconds = checkpoint_data(records, items, prefix, policy.rules[0], policy.skip, timed_costs[:, [0, -1]],
-                                  timed_small, embeddings)
+        seconds = replace(data, **checkpoint_costs(results(records[0], items), prefix.checkpoints,
+                                                   timed_costs[:, [0, -1]], timed_small))  # scored once
     route_labels = np.asarray(labels if group_by else [fallback] * len(items)).astype(str)
     tables = {"groups": labels}
     if group_by and group_by != "source":
