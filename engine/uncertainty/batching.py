@@ -124,17 +124,21 @@ def _needs_embedding(job: _Job) -> bool:
 def _prompt_features(jobs: Sequence[_Job]) -> tuple[set[int], float, float]:
     """Compute the missing prompt features of ``jobs``' queries in one batch per kind;
     returns (ids of the queries featurized, wall, CPU)."""
-    from .features import hash_queries
+    from .features import hash_queries, static_queries
 
     wall, cpu = time.perf_counter(), time.thread_time()
     minilm = {id(j.query): j.query for j in jobs if _needs_embedding(j)}
     hashed = {id(j.query): j.query for j in jobs
               if getattr(j.rule, "prompt_features", None) == "hashed" and j.query.hashed is None}
+    static = {id(j.query): j.query for j in jobs
+              if getattr(j.rule, "prompt_features", None) == "static" and j.query.static is None}
     if minilm:
         embed_queries(list(minilm.values()))
     if hashed:
         hash_queries(list(hashed.values()))
-    return set(minilm) | set(hashed), time.perf_counter() - wall, time.thread_time() - cpu
+    if static:
+        static_queries(list(static.values()))
+    return set(minilm) | set(hashed) | set(static), time.perf_counter() - wall, time.thread_time() - cpu
 
 
 def score_batch(batch: Sequence[_Job]) -> list[Scored | BaseException]:

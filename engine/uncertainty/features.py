@@ -18,16 +18,22 @@ chosen-token logprobs and top-k alternatives:
   mean logprob of the answer's last 16 tokens. A 300-token answer's overall mean hides
   the few tokens that decide it; the span features read them.
 
-Request features, one of two ``prompt_features`` options (recorded in the rule's feature
+Request features, one of three ``prompt_features`` options (recorded in the rule's feature
 spec), each with log(1 + words in the prompt); a pre-generation (skip) rule sees the
 request features only:
 
 * ``minilm`` — the prompt's all-MiniLM-L6-v2 sentence embedding (384): ~15-20 ms of CPU per
-  prompt in the calling process (the option of every artifact made before the switch);
+  prompt in the calling process (the option of every artifact made before the option existed,
+  and the default's until 2026-12-02);
 * ``hashed`` — the prompt's word unigrams and bigrams (lower-cased; words, digits and single
   punctuation marks), each hashed with CRC-32 into one of ``HASHED_DIMENSIONS`` buckets with
   a sign (the hashing trick: Weinberger et al., ICML 2009), L2-normalized: tens of
-  microseconds per prompt, no model. It changes the rule's inputs: a rule must be trained on it.
+  microseconds per prompt, no model. It changes the rule's inputs: a rule must be trained on it;
+* ``static`` — the prompt's static embedding (256): all-MiniLM-L6-v2 distilled into one
+  vector per token with Model2Vec (``static_embedding``), tens of microseconds per prompt,
+  keeping most of MiniLM's semantics. The default: over six split seeds of the default
+  calibration its held-out cost and loss match MiniLM's (README, "How many decisions one
+  process makes").
 
 An empty answer has no logprobs; its logprob features take ``EMPTY_LOGPROB`` and the empty
 flag is set. ``FEATURE_VERSION`` is stored with every learned rule; a rule trained on
@@ -44,6 +50,7 @@ import numpy as np
 
 from ..types import TierResult
 from .embedding import DIMENSIONS, EMBEDDING_MODEL
+from .static_embedding import STATIC_DIMENSIONS, STATIC_MODEL
 from .rules import Query, embed_queries
 from .semantic import discrete_se, greedy_agreement, num_clusters, weighted_se
 
@@ -61,7 +68,7 @@ LONG_FEATURES = ("budget_share", "has_span", "span_mean_logprob", "span_min_logp
 TAIL_TOKENS = 16
 SAMPLE_FEATURES = ("greedy_agreement", "discrete_se", "weighted_se", "num_clusters")
 REQUEST_FEATURES = (*(f"embedding_{i}" for i in range(DIMENSIONS)), "log_prompt_words")
-PROMPT_FEATURES = ("minilm", "hashed")
+PROMPT_FEATURES = ("minilm", "hashed", "static")
 HASHED_DIMENSIONS = 512
 HASHING = {"tokens": r"(?u)\b\w+\b|[^\w\s]", "lowercase": True, "ngrams": [1, 2], "hash": "crc32(utf-8)",
            "bucket": "hash % 512", "sign": "-1 if bit 31 of the hash is set", "norm": "l2",
@@ -69,13 +76,14 @@ HASHING = {"tokens": r"(?u)\b\w+\b|[^\w\s]", "lowercase": True, "ngrams": [1, 2]
 """The hashed option's definition; a rule records it and is refused where it differs."""
 _TOKENS = re.compile(HASHING["tokens"])
 HASHED_REQUEST_FEATURES = (*(f"hashed_{i}" for i in range(HASHED_DIMENSIONS)), "log_prompt_words")
+STATIC_REQUEST_FEATURES = (*(f"static_{i}" for i in range(STATIC_DIMENSIONS)), "log_prompt_words")
 
 
 def default_prompt_features() -> str:
-    """The option new rules are trained with: ``$VCASCADE_PROMPT_FEATURES`` (default ``minilm``)."""
+    """The option new rules are trained with: ``$VCASCADE_PROMPT_FEATURES`` (default ``static``)."""
     import os
 
-    value = os.environ.get("VCASCADE_PROMPT_FEATURES", "minilm")
+    value = os.environ.get("VCASCADE_PROMPT_FEATURES", "static")
     if value not in PROMPT_FEATURES:
         raise ValueError(f"VCASCADE_PROMPT_FEATURES={value!r}; known: {', '.join(PROMPT_FEATURES)}")
     return value
@@ -165,13 +173,26 @@ def hash_queries(queries: Sequence[Query]) -> None:
             query.hashed = hashed_vector(query.request.text)
 
 
+def static_queries(queries: Sequence[Query]) -> None:
+    """Fill in the missing static prompt embeddings, in one batch."""
+    from .static_embedding import static_vectors
+
+    todo = [q for q in queries if q.static is None]
+    if todo:
+        for query, vector in zip(todo, static_vectors([q.request.text for q in todo])):
+            query.static = vector
+
+
 def request_features(queries: Sequence[Query], prompt_features: str = "minilm") -> np.ndarray:
-    """Shape (n, 385) for ``minilm`` (prompt embedding, embedding missing ones) or (n, 513)
-    for ``hashed``; the last column is log(1 + words) per query."""
+    """Shape (n, 385) for ``minilm`` (prompt embedding, embedding missing ones), (n, 513)
+    for ``hashed`` or (n, 257) for ``static``; the last column is log(1 + words) per query."""
     words = np.array([[np.log1p(len(q.request.text.split()))] for q in queries])
     if prompt_features == "hashed":
         hash_queries(queries)
         return np.hstack([np.stack([q.hashed for q in queries]), words])
+    if prompt_features == "static":
+        static_queries(queries)
+        return np.hstack([np.stack([q.static for q in queries]), words])
     embed_queries(queries)
     return np.hstack([np.stack([q.embedding for q in queries]).astype(np.float64), words])
 
@@ -181,7 +202,8 @@ def feature_names(answer: bool, samples: bool, request: bool, prompt_features: s
     names = list(ANSWER_FEATURES) if answer else []
     names += list(LONG_FEATURES) if answer and long_form else []
     names += list(SAMPLE_FEATURES) if samples else []
-    request_names = HASHED_REQUEST_FEATURES if prompt_features == "hashed" else REQUEST_FEATURES
+    request_names = {"hashed": HASHED_REQUEST_FEATURES, "static": STATIC_REQUEST_FEATURES}.get(
+        prompt_features, REQUEST_FEATURES)
     return names + (list(request_names) if request else [])
 
 
@@ -213,4 +235,8 @@ def feature_spec(answer: bool, samples: bool, request: bool, prompt_features: st
         spec["prompt_features"] = prompt_features
         if prompt_features == "hashed":
             spec["hashing"] = dict(HASHING)
+        if prompt_features == "static":
+            from .static_embedding import probe
+
+            spec["static_model"] = {**STATIC_MODEL, "probe": probe()}
     return spec

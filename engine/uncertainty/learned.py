@@ -184,11 +184,27 @@ def _check(spec: dict) -> None:
     if features.get("request") and prompt_features == "hashed" and features.get("hashing") != HASHING:
         raise LearnedRuleError(f"learned rule {spec.get('name')!r} hashes prompts as {features.get('hashing')}; "
                                f"this vcascade hashes them as {HASHING}. Retrain it (vcascade calibrate).")
+    if features.get("request") and prompt_features == "static":
+        _check_static(spec.get("name"), features.get("static_model") or {})
     trained, here = spec.get("versions", {}), library_versions()
     if trained.get("scikit-learn") != here["scikit-learn"]:
         raise LearnedRuleError(f"learned rule {spec.get('name')!r} was trained with scikit-learn "
                                f"{trained.get('scikit-learn')}; this environment has {here['scikit-learn']}. "
                                "Retrain it, or install the same version.")
+
+
+def _check_static(name, recorded: dict) -> None:
+    """A static-feature rule runs only where the same distillation reproduces its probe."""
+    from .static_embedding import STATIC_MODEL, StaticEmbeddingError, check_probe
+
+    definition = {k: v for k, v in recorded.items() if k != "probe"}
+    if definition != STATIC_MODEL:
+        raise LearnedRuleError(f"learned rule {name!r} uses static prompt embeddings {definition}; this vcascade "
+                               f"distills {STATIC_MODEL}. Retrain it (vcascade calibrate).")
+    try:
+        check_probe(recorded.get("probe") or [], name)
+    except StaticEmbeddingError as err:
+        raise LearnedRuleError(str(err)) from err
 
 
 def rule_from_spec(spec: dict) -> Rule:

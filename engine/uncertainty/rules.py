@@ -23,11 +23,13 @@ from .signals import SAMPLING_SIGNALS, Signal, get_signal
 @dataclass
 class Query:
     """A request as the rules see it, with its prompt features computed once per request:
-    ``embedding`` (MiniLM) has shape (384,), ``hashed`` (hashed n-grams) shape (512,)."""
+    ``embedding`` (MiniLM) has shape (384,), ``hashed`` (hashed n-grams) shape (512,),
+    ``static`` (static MiniLM token vectors) shape (256,)."""
 
     request: Request
     embedding: np.ndarray | None = None
     hashed: np.ndarray | None = None
+    static: np.ndarray | None = None
 
 
 def embed_queries(queries: Sequence[Query]) -> None:
