@@ -9,12 +9,10 @@ by side in the same run, on the same prompts:
 * ``floor``   — the same server over a one-tier cascade (no rule, no skip): HTTP, parsing,
   rendering, response. What any OpenAI-compatible front end pays.
 * ``default`` — the default cascade's policy from its artifact (learned rule + skip, with
-  their prompt features), over the default tiers.
-* ``hashed-standin`` — the default policy's shape with hashed n-gram prompt
-  features instead of MiniLM: the same kinds of gradient-boosted rules (150 trees of 8
-  leaves) fitted at start-up to *random* labels, thresholds set to skip and escalate as
-  often as the default does. It measures what the hashed option costs, nothing about its
-  quality (that needs a recalibration on real generations).
+  their prompt features — static MiniLM token vectors since 2026-12-02), over the default tiers.
+* ``minilm`` — the previous default's artifact (``--minilm-artifact``; the same calibration
+  with all-MiniLM-L6-v2 sentence embeddings as prompt features, run in the server process):
+  what the feature change bought, side by side.
 
 Each is driven at concurrency 1, 16, 64 and 256 (no rate limit) by ``vllm bench serve``
 (``--client vllm``, its module in a subprocess) or by a lighter aiohttp loop sending the
@@ -46,7 +44,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import wait_healthy  # noqa: E402  (the serving benchmark's readiness check)
 
-POLICIES = ("floor", "default", "hashed-standin")
+POLICIES = ("floor", "default", "minilm")
+MINILM_ARTIFACT = "results/calibration/minilm_features.artifact.json"
 PARTS = ("rendering", "embedding", "scoring", "response")
 
 
@@ -81,11 +80,9 @@ def serve(args) -> int:
                                                       tier_config.max_model_len)))
     if args.serve == "floor":
         cascade = Cascade(tiers[:1], Policy((), ()))
-    elif args.serve == "hashed-standin":
-        cascade = _cascade(tiers, standin_policy(config, tiers), config)
     else:
-        artifact = read_artifact(config.artifact)
-        cascade = _cascade(tiers, policy_from_artifact(artifact, config.artifact), config)
+        path = args.minilm_artifact if args.serve == "minilm" else config.artifact
+        cascade = _cascade(tiers, policy_from_artifact(read_artifact(path), path), config)
     app = create_app(cascade, Settings())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, loop="none", lifespan="off",
                                            log_level="warning", access_log=False))
@@ -104,40 +101,6 @@ def _cascade(tiers, policy, config):
     if hasattr(factory, "build_scope"):
         return Cascade(tiers, policy, factory.build_scope(config, force_artifact=True))
     return Cascade(tiers, policy)
-
-
-SKIP_SHARE, ESCALATE_SHARE = 0.64, 0.3  # the default's skip share and escalations among the rest (README)
-
-
-def standin_policy(config, tiers):
-    """The default policy's shape over hashed prompt features, fitted to random labels (cost only)."""
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    from vcascade.engine.policy import Policy
-    from vcascade.engine.runtime import run
-    from vcascade.engine.uncertainty.features import feature_matrix, feature_spec
-    from vcascade.engine.uncertainty.learned import LearnedRule, LearnedSkipRule, freeze_estimator, library_versions
-    from vcascade.engine.uncertainty.rules import Query
-
-    prompts = load_prompts(config, 1920, split="calibration")
-    queries = [Query(_request(p)) for p in prompts]
-    results = run(tiers[0].generate_many([q.request for q in queries]))
-    rng = np.random.default_rng(0)
-    y = rng.random(len(prompts)) < 550 / 1920  # the default rule's positive share
-    made = []
-    for answer in (True, False):
-        X = feature_matrix(queries, results if answer else None, request=True, prompt_features="hashed",
-                           long_form=answer)
-        model = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.05, max_leaf_nodes=8,
-                                               l2_regularization=1.0, random_state=0).fit(X, y)
-        spec = {"kind": "learned", "name": ("learned" if answer else "skip") + ":gbt:gain:hashed-standin",
-                "target": "gain", "model": "gbt", "features": feature_spec(answer, False, True, "hashed"),
-                "estimator": freeze_estimator(model), "versions": library_versions()}
-        rule = (LearnedRule if answer else LearnedSkipRule)(spec, model)
-        scores = rule.score_many(queries, results) if answer else rule.score_many(queries)
-        made.append((rule, float(np.quantile(scores, ESCALATE_SHARE if answer else SKIP_SHARE))))
-    (rule, threshold), (skip, skip_threshold) = made
-    return Policy((rule,), (threshold,), skip, skip_threshold)
 
 
 def _request(prompt: str):
@@ -349,6 +312,7 @@ def start_server(policy: str, args, log: Path) -> dict:
     cmd = [sys.executable, __file__, "--serve", policy, "--port", str(port)]
     cmd += ["--config", args.config] if args.config else []
     cmd += ["--artifact", args.artifact] if args.artifact else []
+    cmd += ["--minilm-artifact", args.minilm_artifact]
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu"}
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
     return {"policy": policy, "url": f"http://127.0.0.1:{port}", "proc": proc}
@@ -360,6 +324,8 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--config", help="cascade YAML (default: the embedded default and its artifact)")
     p.add_argument("--artifact")
+    p.add_argument("--minilm-artifact", default=MINILM_ARTIFACT,
+                   help="the `minilm` server's artifact (default: the previous default, MiniLM prompt features)")
     p.add_argument("--client", choices=sorted(CLIENTS), default="aiohttp")
     p.add_argument("--concurrency", default="1,16,64,256")
     p.add_argument("--policies", default=",".join(POLICIES), help="servers to run (the floor always runs)")
@@ -465,9 +431,9 @@ def render(summary: dict) -> str:
                 else "an aiohttp loop sending the same streamed chat requests as `vllm bench serve`")
              + ", closed loop at each concurrency, no rate limit. `floor`: the same server over one instant tier, "
              "no rule (HTTP, parsing, rendering, response); `default`: the default artifact's policy "
-             "(learned rule + skip with their MiniLM prompt features) over the default tiers; `hashed-standin`: "
-             "the same rule shapes over hashed n-gram prompt features, fitted to random labels (cost, not "
-             "quality).", "",
+             "(learned rule + skip with their static MiniLM prompt features) over the default tiers; `minilm`: "
+             "the previous default's artifact, the same calibration with MiniLM sentence embeddings as prompt "
+             "features.", "",
              "| server | concurrency | decisions/s | server CPU ms/req | rendering | embedding | scoring | response "
              "| other (HTTP, parsing, asyncio, metrics) | p50 ms | p99 ms | client CPU ms/req | failed |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

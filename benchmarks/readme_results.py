@@ -179,9 +179,9 @@ def controller_section(summary: dict) -> list[str]:
         mid = "64" if "64" in a else levels[-1]
         lines.append(f"| {policy} | {figures} | {a[levels[0]]['server_cpu_ms']:.2f} / {a[mid]['server_cpu_ms']:.2f} | "
                      f"{a[levels[0]]['p50_ms']:.2f} |")
-    lines += ["", "`default` embeds each prompt with MiniLM (what the committed artifact was trained on); "
-              "`hashed-standin` has the same rule shapes over hashed n-gram prompt features, fitted to random labels "
-              "(its cost, not its quality: that needs `make calibrate` with `VCASCADE_PROMPT_FEATURES=hashed`). "
+    lines += ["", "`default` reads each prompt's static MiniLM token vectors (Model2Vec; what the committed "
+              "artifact was trained on); `minilm` is the previous default, the same calibration over MiniLM sentence "
+              "embeddings run in the server process. "
               "CPU by part in [results/controller/summary.md](results/controller/summary.md)."]
     return lines
 
