@@ -14,7 +14,7 @@ PORT ?= 8000
 ARTIFACT ?= engine/default_cascade.artifact.json
 REPORT ?= results/calibration/default_mixed_long
 
-.PHONY: setup install models demo test serve calibrate bench bench-deferral bench-serve bench-controller bench-dtype bench-monitor clean
+.PHONY: setup install models demo test serve calibrate bench bench-deferral bench-serve bench-controller bench-features bench-dtype bench-monitor clean
 
 setup: install models
 
@@ -90,6 +90,12 @@ bench-controller: setup
 
 # Raw vLLM tokens/s at batch 1 and 64, bf16 vs float32, for each default model (what
 # `dtype: auto` decides); one engine at a time on every core: run it on an idle machine.
+# The default calibration per prompt-feature option (minilm / static / hashed) and split
+# seed, scored on held-out items: does a cheaper request feature cost quality? (~15 min, resumable)
+bench-features: setup
+	$(PY) benchmarks/prompt_features.py --out results/prompt-features
+	$(PY) benchmarks/readme_results.py
+
 bench-dtype: setup
 	$(PY) benchmarks/dtype.py --out results/dtype
 	$(PY) benchmarks/readme_results.py

@@ -186,6 +186,23 @@ def controller_section(summary: dict) -> list[str]:
     return lines
 
 
+def features_section(summary: dict) -> list[str]:
+    """Held-out quality of the default calibration per prompt-feature option, over split seeds."""
+    seeds = summary["seeds"]
+    lines = [f"**Prompt features** (`python benchmarks/prompt_features.py`, {summary['created']}): the `make calibrate` "
+             f"job per prompt-feature option and split seed ({len(seeds)} seeds), each scored on its held-out items; "
+             "cost vs always-1.5B:", "",
+             "| option | mean held-out loss | mean cost | long / short loss | groups above α | cost − minilm (paired) |",
+             "|---|---|---|---|---|---|"]
+    for option, t in summary["options"].items():
+        m, d = t["mean"], t.get("cost_minus_minilm")
+        diff = f"{d['mean']:+.3f} ± {d['stderr']:.3f}" if d and d.get("stderr") is not None else "–"
+        lines.append(f"| `{option}` | {m['loss']:.3f} | {m['cost']:.3f} | {m['long_loss']:.3f} / {m['short_loss']:.3f} | "
+                     f"{t['groups_above_alpha']} of {t['group_draws']} | {diff} |")
+    lines += ["", "Per seed in [results/prompt-features/summary.md](results/prompt-features/summary.md)."]
+    return lines
+
+
 def dtype_section(summary: dict) -> list[str]:
     """Raw vLLM tokens/s, bf16 vs float32, per default model."""
     c, batch = summary["cpu"], summary["batch"]
@@ -307,6 +324,7 @@ def render(root: Path = ROOT) -> str:
     remote = _load(root / "results/remote/summary.json")
     controller = _load(root / "results/controller/summary.json")
     dtype = _load(root / "results/dtype/summary.json")
+    features = _load(root / "results/prompt-features/summary.json")
     groups = _load(root / "results/groups/summary.json")
     deferral_long = _load(root / "results/deferral-long/summary.json")
     serving_long = _load(root / "results/serving-long/summary.json")
@@ -319,6 +337,7 @@ def render(root: Path = ROOT) -> str:
         groups_section(groups) if groups else _missing("python benchmarks/groups.py"),
         remote_section(remote) if remote else _missing("python benchmarks/remote_parity.py"),
         controller_section(controller) if controller else _missing("make bench-controller"),
+        *([features_section(features)] if features else []),
     ]
     if dtype:
         parts.append(dtype_section(dtype))

@@ -58,3 +58,24 @@ def test_deferral_benchmark_on_a_small_slice(tiny_models, tmp_path):
     assert set(summary["timing"]) == {"tiny-a", "tiny-b"} and "previous default (min_logprob)" in summary["calibrated"]
     assert summary["refused"]  # 24 training items: every learned rule is reported as untrainable
     assert (out / "deferral_curves.png").stat().st_size > 1000 and "gain share" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.02])
+def test_prompt_features_summary_pairs_seeds_and_counts_groups_above_alpha(shift):
+    sys.path.insert(0, "benchmarks")
+    import prompt_features
+
+    def run(cost, long_loss):
+        return {"loss": 0.03, "cost": cost, "long_loss": long_loss, "long_cost": 0.9, "short_loss": 0.04,
+                "short_cost": 0.8}
+
+    runs = {"minilm": {s: run(0.9 + 0.01 * s, 0.02) for s in range(4)},
+            "static": {s: run(0.9 + 0.01 * s + shift, 0.06 if s == 2 else 0.02) for s in range(4)},
+            "hashed": {s: run(0.95, 0.02) for s in range(3)}}  # a missing seed: only common seeds count
+    summary = prompt_features.summarize(runs, alpha=0.05)
+    assert summary["seeds"] == [0, 1, 2]
+    static = summary["options"]["static"]
+    assert static["cost_minus_minilm"]["mean"] == pytest.approx(shift) and static["cost_minus_minilm"]["stderr"] == 0
+    assert (static["groups_above_alpha"], static["group_draws"]) == (1, 6)
+    assert summary["options"]["minilm"]["groups_above_alpha"] == 0 and "cost_minus_minilm" not in summary["options"]["minilm"]
+    assert summary["options"]["hashed"]["cost_minus_minilm"]["per_seed"] == pytest.approx([0.05, 0.04, 0.03])

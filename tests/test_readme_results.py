@@ -23,6 +23,9 @@ def test_results_section_quotes_the_result_files():
     assert f"{serving['machine']['cores']} CPU cores" in text and serving["created"] in text
     test = json.loads((ROOT / "results/calibration/default_mixed_long-test.json").read_text())
     assert f"| cascade | {test['accuracy']:.3f} | {test['quality_loss']:.4f} |" in text
+    features = json.loads((ROOT / "results/prompt-features/summary.json").read_text())
+    static = features["options"]["static"]
+    assert f"| `static` | {static['mean']['loss']:.3f} | {static['mean']['cost']:.3f} |" in text
     long = json.loads((ROOT / "results/deferral-long/summary.json").read_text())
     deployed = next(c for label, c in long["calibrated"].items() if label.startswith("artifact as deployed"))
     row = deployed["groups"]["long-form"]
