@@ -36,6 +36,11 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f} %"
 
 
+def _share(x: float) -> str:
+    """A percentage with the digits a small share needs (0.03 %, 4 %)."""
+    return f"{100 * x:.2f} %" if x < 0.01 else _pct(x)
+
+
 def calibrated_section(test: dict, artifact: dict) -> list[str]:
     """The default cascade on held-out items, and the price of the per-deployment guarantee."""
     alone = test["tiers_alone"]
@@ -110,8 +115,8 @@ def serving_section(summary: dict) -> list[str]:
     lines = [f"**Serving** (`make bench-serve`, {summary['created']}: {machine['cores']} CPU cores "
              f"({machine['cpu']}), no GPU; `vllm bench serve`, {summary['num_prompts']} held-out prompts per run, "
              "each system alone on the same cores). Ratios cascade / always-large:", "",
-             "| load | req/s | TTFT p50 | TTFT p99 | E2E p50 | E2E p99 | accuracy large / small / cascade | escalated | controller CPU / generation |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| load | req/s | TTFT p50 | TTFT p99 | E2E p50 | E2E p99 | accuracy large / small / cascade | escalated | controller CPU / generation | controller CPU ms/req |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for run in summary["runs"]:
         ratio = ratios[run]["vs always-large"]
         cascade = results["cascade"][run]
@@ -121,7 +126,8 @@ def serving_section(summary: dict) -> list[str]:
             f"{ratio['median_e2el_ms']:.2f} | {ratio['p99_e2el_ms']:.2f} | "
             f"{results['always-large'][run]['accuracy']:.2f} / {results['always-small'][run]['accuracy']:.2f} / "
             f"{cascade['accuracy']:.2f} | {_pct(inside.get('escalated', float('nan')))} | "
-            f"{_pct(inside.get('overhead_share_of_generation', float('nan')))} |")
+            f"{_share(inside.get('overhead_share_of_generation', float('nan')))} | "
+            f"{inside.get('overhead_ms_per_request', float('nan')):.1f} |")
     lines += ["", "Full figures, TPOT/ITL, ratios vs always-small and plots in "
               "[results/serving/summary.md](results/serving/summary.md)."]
     return lines
