@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..types import TierResult
-from .rules import Query, embed_queries
+from .rules import Query
 from .threads import single_threaded
 
 
@@ -124,21 +124,18 @@ def _needs_embedding(job: _Job) -> bool:
 def _prompt_features(jobs: Sequence[_Job]) -> tuple[set[int], float, float]:
     """Compute the missing prompt features of ``jobs``' queries in one batch per kind;
     returns (ids of the queries featurized, wall, CPU)."""
-    from .features import hash_queries, static_queries
+    from .features import fill_prompt_features
 
     wall, cpu = time.perf_counter(), time.thread_time()
-    minilm = {id(j.query): j.query for j in jobs if _needs_embedding(j)}
-    hashed = {id(j.query): j.query for j in jobs
-              if getattr(j.rule, "prompt_features", None) == "hashed" and j.query.hashed is None}
-    static = {id(j.query): j.query for j in jobs
-              if getattr(j.rule, "prompt_features", None) == "static" and j.query.static is None}
-    if minilm:
-        embed_queries(list(minilm.values()))
-    if hashed:
-        hash_queries(list(hashed.values()))
-    if static:
-        static_queries(list(static.values()))
-    return set(minilm) | set(hashed) | set(static), time.perf_counter() - wall, time.thread_time() - cpu
+    by_option: dict[str, dict[int, Query]] = {}
+    for job in jobs:
+        option = getattr(job.rule, "prompt_features", None) or ("minilm" if _needs_embedding(job) else None)
+        if option is not None:
+            by_option.setdefault(option, {})[id(job.query)] = job.query
+    featurized: set[int] = set()
+    for option, queries in by_option.items():
+        featurized |= {id(q) for q in fill_prompt_features(list(queries.values()), option)}
+    return featurized, time.perf_counter() - wall, time.thread_time() - cpu
 
 
 def score_batch(batch: Sequence[_Job]) -> list[Scored | BaseException]:

@@ -183,18 +183,28 @@ def static_queries(queries: Sequence[Query]) -> None:
             query.static = vector
 
 
+def fill_prompt_features(queries: Sequence[Query], prompt_features: str) -> list[Query]:
+    """Compute ``prompt_features`` for the queries that lack them, in one batch; returns
+    those queries (the ones featurized)."""
+    attribute, fill = PROMPT_FEATURE_FILLERS[prompt_features]
+    todo = [q for q in queries if getattr(q, attribute) is None]
+    if todo:
+        fill(todo)
+    return todo
+
+
 def request_features(queries: Sequence[Query], prompt_features: str = "minilm") -> np.ndarray:
     """Shape (n, 385) for ``minilm`` (prompt embedding, embedding missing ones), (n, 513)
     for ``hashed`` or (n, 257) for ``static``; the last column is log(1 + words) per query."""
     words = np.array([[np.log1p(len(q.request.text.split()))] for q in queries])
-    if prompt_features == "hashed":
-        hash_queries(queries)
-        return np.hstack([np.stack([q.hashed for q in queries]), words])
-    if prompt_features == "static":
-        static_queries(queries)
-        return np.hstack([np.stack([q.static for q in queries]), words])
-    embed_queries(queries)
-    return np.hstack([np.stack([q.embedding for q in queries]).astype(np.float64), words])
+    fill_prompt_features(queries, prompt_features)
+    attribute = PROMPT_FEATURE_FILLERS[prompt_features][0]
+    return np.hstack([np.stack([getattr(q, attribute) for q in queries]).astype(np.float64), words])
+
+
+PROMPT_FEATURE_FILLERS = {"minilm": ("embedding", embed_queries), "hashed": ("hashed", hash_queries),
+                          "static": ("static", static_queries)}
+"""Per ``prompt_features`` option: the ``Query`` attribute holding it and what fills it in."""
 
 
 def feature_names(answer: bool, samples: bool, request: bool, prompt_features: str = "minilm",
